@@ -1,0 +1,1 @@
+"""embedstore's click front end (installed as the ``embedstore_cli`` package): parse, call, print."""

@@ -1,0 +1,3 @@
+from embedstore_cli.main import main
+
+main()

@@ -1,0 +1,54 @@
+"""export and import of arrays (.npy, .h5, Parquet)."""
+
+from __future__ import annotations
+
+import click
+from embedstore_cli.options import store_option, user_errors
+
+from embedstore.store import Store
+from embedstore.store.exchange import EXPORT_FORMATS, export_array, import_array
+
+
+def _array_options(func):
+    func = click.option(
+        "--array", "name", required=True, help="Array name: image_emb, text_emb, logits, caption_emb, ..."
+    )(func)
+    func = click.option("--model", required=True, help="Model id as stored.")(func)
+    func = click.option("--dataset", required=True, help="Dataset name as stored.")(func)
+    return func
+
+
+@click.command("export")
+@store_option
+@_array_options
+@click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False), help="File to write (.npy, .h5, .parquet)."
+)
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None, help="Overrides the extension.")
+@user_errors
+def export_command(store_path: str, dataset: str, model: str, name: str, output: str, fmt: str | None) -> None:
+    """Write one array to .npy, .h5 (with sample keys) or Parquet (row, key, values)."""
+    path, shape = export_array(Store.open(store_path), dataset, model, name, output, fmt)
+    click.echo(f"wrote {dataset}/{model}/{name} {list(shape)} to {path}")
+
+
+@click.command("import")
+@store_option
+@_array_options
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--keys",
+    "keys_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Text file with one sample key per row of FILE (needed for .npy).",
+)
+@click.option("--h5-dataset", default="data", show_default=True, help="Dataset inside an .h5 file.")
+@user_errors
+def import_command(
+    store_path: str, dataset: str, model: str, name: str, file: str, keys_file: str | None, h5_dataset: str
+) -> None:
+    """Import an embeddings matrix as a new array; rows are placed by sample key."""
+    shape = import_array(Store.open(store_path, readonly=False), dataset, model, name, file,
+                         keys_file=keys_file, h5_dataset=h5_dataset)  # fmt: skip
+    click.echo(f"imported {file} as {dataset}/{model}/{name} {list(shape)}")

@@ -1,0 +1,127 @@
+"""init, ls, sql, rm: what is in a store."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import click
+from embedstore_cli.options import json_option, print_json, print_table, store_option, user_errors
+
+from embedstore.store import Store
+
+
+@click.command("init")
+@store_option
+@click.option(
+    "--arrays-url", default=None, help="Keep arrays at this folder or fsspec URL instead of STORE/arrays.zarr."
+)
+@user_errors
+def init_command(store_path: str, arrays_url: str | None) -> None:
+    """Create an empty store."""
+    store = Store.create(store_path, arrays_url=arrays_url)
+    click.echo(f"created store {store.path} (arrays in {store.meta()['arrays']})")
+
+
+@click.command("ls")
+@store_option
+@json_option
+@user_errors
+def ls_command(store_path: str, as_json: bool) -> None:
+    """List the models, datasets and arrays of a store, with rows done / total and status."""
+    store = Store.open(store_path)
+    models = store.query("SELECT model_id, kind, group_label, train_data, embed_dim FROM models ORDER BY model_id")
+    datasets = store.query(
+        "SELECT name, kind, task, n_samples, n_captions, json_array_length(classnames) AS n_classes FROM datasets ORDER BY name"
+    )
+    arrays = []
+    for info in store.list_arrays():
+        done, status = store.array_progress(info)
+        arrays.append({"dataset": info.dataset, "model": info.model, "name": info.name, "shape": list(info.shape),
+                       "dtype": info.dtype, "rows_done": done, "rows_total": info.rows_total, "status": status})  # fmt: skip
+    bad = store.query("SELECT dataset, count(*) AS n FROM bad_samples GROUP BY dataset ORDER BY dataset")
+    if as_json:
+        print_json(
+            {"store": str(store.path), "models": models, "datasets": datasets, "arrays": arrays, "bad_samples": bad}
+        )
+        return
+    click.echo(f"store {store.path}")
+    click.echo(f"\nmodels ({len(models)})")
+    print_table(["model", "kind", "group", "train data", "dim"],
+                [[m["model_id"], m["kind"], m["group_label"], m["train_data"], m["embed_dim"]] for m in models])  # fmt: skip
+    click.echo(f"\ndatasets ({len(datasets)})")
+    print_table(["dataset", "kind", "task", "samples", "captions", "classes"],
+                [[d["name"], d["kind"], d["task"], d["n_samples"], d["n_captions"], d["n_classes"]] for d in datasets])  # fmt: skip
+    click.echo(f"\narrays ({len(arrays)})")
+    print_table(["dataset", "model", "array", "shape", "dtype", "rows", "status"],
+                [[a["dataset"], a["model"], a["name"], "x".join(map(str, a["shape"])), a["dtype"],
+                  f"{a['rows_done']}/{a['rows_total']}", a["status"]] for a in arrays])  # fmt: skip
+    if bad:
+        click.echo("\nbad samples: " + ", ".join(f"{b['dataset']} {b['n']}" for b in bad))
+
+
+@click.command("sql")
+@store_option
+@click.argument("statement")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table", show_default=True
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write to this file instead of stdout (required for parquet).",
+)
+@user_errors
+def sql_command(store_path: str, statement: str, fmt: str, output: str | None) -> None:
+    """Run a read-only SQL query on the catalog (tables: models, datasets, samples, captions,
+    annotations, templates, prompt_sets, arrays, bad_samples, results)."""
+    table = Store.open(store_path).sql(statement)
+    if fmt == "parquet":
+        if output is None:
+            raise click.UsageError("--format parquet needs --output FILE")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+        click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+        return
+    rows = [list(r.values()) for r in table.to_pylist()]
+    stream = open(output, "w", newline="") if output else sys.stdout
+    try:
+        if fmt == "csv":
+            writer = csv.writer(stream)
+            writer.writerow(table.column_names)
+            writer.writerows(rows)
+        elif fmt == "json":
+            stream.write(json.dumps(table.to_pylist(), default=str, indent=2) + "\n")
+        elif output:
+            stream.write("\t".join(table.column_names) + "\n")
+            stream.writelines("\t".join("" if v is None else str(v) for v in r) + "\n" for r in rows)
+        else:
+            print_table(table.column_names, rows)
+    finally:
+        if output:
+            stream.close()
+
+
+@click.command("rm")
+@store_option
+@click.option("--dataset", default=None, help="Only arrays of this dataset.")
+@click.option("--model", default=None, help="Only arrays of this model.")
+@click.option("--array", "name", default=None, help="Only arrays with this name (image_emb, text_emb, ...).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@user_errors
+def rm_command(store_path: str, dataset: str | None, model: str | None, name: str | None, yes: bool) -> None:
+    """Delete arrays (and their catalog rows) so they can be extracted again."""
+    if not (dataset or model or name):
+        raise click.UsageError("name at least one of --dataset, --model, --array")
+    store = Store.open(store_path, readonly=False)
+    infos = store.list_arrays(dataset, model, name)
+    if not infos:
+        click.echo("no matching arrays")
+        return
+    if not yes:
+        click.confirm(f"delete {len(infos)} array(s)?", abort=True)
+    n = store.delete_arrays(dataset, model, name)
+    click.echo(f"deleted {n} array(s)")

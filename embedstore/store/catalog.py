@@ -1,0 +1,241 @@
+"""The DuckDB catalog: what a store holds and every result computed from it.
+
+DuckDB lets one process open a database file for writing, and while it does no other process can
+open it at all. embedstore therefore never keeps a catalog connection open: every read and every
+write transaction opens a connection, does its work and closes it again. Writers keep their
+transactions short (a few rows, milliseconds), and a process that finds the file locked retries
+with backoff for up to ``lock_timeout`` seconds before it fails with one clear line. This is what
+lets ``embedstore sql`` and ``embedstore ls`` answer while an extraction is writing (tested with two
+processes in ``tests/test_store_concurrency.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import duckdb
+
+from embedstore.errors import StoreError
+
+SCHEMA_VERSION = 1
+CATALOG_FILE = "catalog.duckdb"
+
+#: Version 1 of the catalog. Each later version adds a function to ``MIGRATIONS`` that upgrades a
+#: catalog from the version before it; ``Catalog.migrate`` applies them in order.
+SCHEMA_V1 = """
+CREATE TABLE meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+CREATE TABLE models (
+    model_id      VARCHAR PRIMARY KEY,   -- canonical id, e.g. 'openclip:ViT-B-32.openai'
+    kind          VARCHAR NOT NULL,      -- 'clip' | 'classifier' | 'imported'
+    library       VARCHAR,               -- 'openclip' | 'timm' | 'import'
+    arch          VARCHAR,
+    tag           VARCHAR,
+    fingerprint   VARCHAR NOT NULL,      -- weights hash, or arch+tag+library version
+    family        VARCHAR,               -- the study's six factors and friends ...
+    backbone      VARCHAR,               -- 'cnn' | 'vit'
+    params        BIGINT,
+    resolution    INTEGER,
+    embed_dim     INTEGER,
+    train_data    VARCHAR,
+    train_size    BIGINT,
+    fine_tuned    VARCHAR,
+    loss          VARCHAR,
+    group_label   VARCHAR,
+    logit_scale   DOUBLE,                -- exp(learned logit scale); NULL for classifiers
+    logit_bias    DOUBLE,                -- SigLIP-style bias; NULL when the model has none
+    metadata      JSON,                  -- every metadata field, overrides applied
+    created       TIMESTAMP NOT NULL
+);
+CREATE TABLE datasets (
+    name          VARCHAR PRIMARY KEY,
+    kind          VARCHAR NOT NULL,      -- 'imagefolder' | 'manifest' | 'wds' | 'captions' | 'synthetic' | 'imported'
+    spec          VARCHAR,               -- 'KIND:PATH' it was read from
+    root          VARCHAR,
+    task          VARCHAR NOT NULL,      -- 'classification' | 'retrieval'
+    n_samples     BIGINT NOT NULL,
+    n_captions    BIGINT NOT NULL,
+    classnames    JSON,                  -- list of class names, label i is classnames[i]
+    class_subset  JSON,                  -- indices into the model label space, or NULL
+    fingerprint   VARCHAR NOT NULL,
+    created       TIMESTAMP NOT NULL
+);
+CREATE TABLE samples (
+    dataset       VARCHAR NOT NULL,
+    "row"         BIGINT NOT NULL,       -- row i of every array of the dataset
+    key           VARCHAR NOT NULL,
+    label         INTEGER,
+    locator       VARCHAR,
+    PRIMARY KEY (dataset, "row")
+);
+CREATE TABLE captions (
+    dataset       VARCHAR NOT NULL,
+    "row"         BIGINT NOT NULL,       -- row of caption_emb
+    sample_row    BIGINT NOT NULL,       -- the image this caption describes
+    text          VARCHAR NOT NULL,
+    PRIMARY KEY (dataset, "row")
+);
+CREATE TABLE annotations (
+    dataset       VARCHAR NOT NULL,
+    "row"         BIGINT NOT NULL,
+    name          VARCHAR NOT NULL,
+    value         VARCHAR,
+    PRIMARY KEY (dataset, "row", name)
+);
+CREATE TABLE templates (
+    dataset       VARCHAR NOT NULL,
+    "index"       INTEGER NOT NULL,      -- position on the T axis of text_emb [C, T, D]
+    template      VARCHAR NOT NULL,      -- with a '{c}' placeholder
+    PRIMARY KEY (dataset, "index")
+);
+CREATE TABLE prompt_sets (
+    dataset       VARCHAR NOT NULL,
+    name          VARCHAR NOT NULL,
+    position      INTEGER NOT NULL,
+    template_index INTEGER NOT NULL,     -- into templates."index"
+    PRIMARY KEY (dataset, name, position)
+);
+CREATE TABLE arrays (
+    dataset       VARCHAR NOT NULL,
+    model         VARCHAR NOT NULL,
+    name          VARCHAR NOT NULL,      -- 'image_emb' | 'text_emb' | 'logits' | 'caption_emb' | ...
+    path          VARCHAR NOT NULL,      -- inside arrays.zarr
+    shape         JSON NOT NULL,
+    dtype         VARCHAR NOT NULL,
+    chunk_rows    BIGINT NOT NULL,
+    rows_total    BIGINT NOT NULL,
+    rows_done     BIGINT NOT NULL,       -- as of 'updated'; `Store.array_progress` reads the chunk markers
+    status        VARCHAR NOT NULL,      -- 'pending' | 'partial' | 'complete'
+    dataset_fingerprint  VARCHAR NOT NULL,
+    model_fingerprint    VARCHAR NOT NULL,
+    settings_fingerprint VARCHAR NOT NULL,
+    settings      JSON,                  -- precision, batch size, device, decode path, preprocessing ...
+    versions      JSON,                  -- library versions that wrote it
+    seconds       DOUBLE,
+    rows_per_s    DOUBLE,
+    created       TIMESTAMP NOT NULL,
+    updated       TIMESTAMP NOT NULL,
+    PRIMARY KEY (dataset, model, name)
+);
+CREATE TABLE bad_samples (
+    dataset       VARCHAR NOT NULL,
+    "row"         BIGINT NOT NULL,
+    key           VARCHAR,
+    reason        VARCHAR NOT NULL,
+    detected      TIMESTAMP NOT NULL,
+    PRIMARY KEY (dataset, "row")
+);
+CREATE TABLE results (
+    model         VARCHAR,
+    dataset       VARCHAR,
+    analysis      VARCHAR NOT NULL,      -- 'zeroshot' | 'calibration' | 'ood' | ...
+    metric        VARCHAR NOT NULL,
+    value         DOUBLE,                -- numeric metrics
+    value_text    VARCHAR,               -- non-numeric ones (e.g. the worst factor's name)
+    params        JSON NOT NULL,         -- every parameter of the analysis
+    params_hash   VARCHAR NOT NULL,      -- sha256 of the canonical params JSON
+    version       VARCHAR NOT NULL,      -- embedstore version
+    created       TIMESTAMP NOT NULL
+);
+"""
+
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {}
+"""``MIGRATIONS[v](con)`` upgrades a catalog from schema version ``v`` to ``v + 1`` inside a transaction."""
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+class Catalog:
+    """Short-lived DuckDB connections to ``STORE/catalog.duckdb`` with lock retries."""
+
+    def __init__(self, path: Path, *, readonly: bool, lock_timeout: float = 30.0):
+        self.path = Path(path)
+        self.readonly = readonly
+        self.lock_timeout = lock_timeout
+
+    def _connect(self, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.005
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only, config=config or {})
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc):
+                    raise StoreError(f"cannot open catalog {self.path}: {exc}") from None
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"catalog {self.path} is locked by another process writing to it; "
+                        f"gave up after {self.lock_timeout:.0f} s (set EMBEDSTORE_LOCK_TIMEOUT to wait longer)"
+                    ) from None
+                time.sleep(delay * (1.0 + random.random()))
+                delay = min(delay * 2, 0.2)
+
+    @contextlib.contextmanager
+    def read(self, *, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection. ``sandboxed`` also forbids file and network access from SQL."""
+        config = {"enable_external_access": False, "lock_configuration": True} if sandboxed else None
+        con = self._connect(read_only=True, config=config)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        if self.readonly:
+            raise StoreError(f"store at {self.path.parent} was opened read-only")
+        con = self._connect(read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    # -- schema -----------------------------------------------------------------------------------
+
+    def create_schema(self, meta: dict[str, str]) -> None:
+        with self.write() as con:
+            con.execute(SCHEMA_V1)
+            rows = {"schema_version": str(SCHEMA_VERSION), **meta}
+            con.executemany("INSERT INTO meta VALUES (?, ?)", list(rows.items()))
+
+    def meta(self) -> dict[str, str]:
+        with self.read() as con:
+            try:
+                return dict(con.execute("SELECT key, value FROM meta").fetchall())
+            except duckdb.CatalogException:
+                raise StoreError(f"{self.path} is not an embedstore catalog (no meta table)") from None
+
+    def schema_version(self) -> int:
+        return int(self.meta()["schema_version"])
+
+    def migrate(self) -> int:
+        """Upgrade the catalog to ``SCHEMA_VERSION``; returns the version it was at."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"catalog {self.path} has schema version {version}, newer than this embedstore "
+                f"understands ({SCHEMA_VERSION}); upgrade embedstore"
+            )
+        start = version
+        while version < SCHEMA_VERSION:
+            with self.write() as con:
+                MIGRATIONS[version](con)
+                version += 1
+                con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)])
+        return start

@@ -1,0 +1,229 @@
+"""Moving arrays in and out of a store: ``.npy``, ``.h5`` (h5py) and Parquet.
+
+Export writes an array in row order with its sample keys (``.h5``: datasets ``data`` and ``keys``;
+Parquet: columns ``row``, ``key``, ``values`` as a fixed-size list; ``.npy``: the matrix alone, keys
+optionally to a text file beside it). Import reads an ``[N, ...]`` matrix with one sample key per row,
+places every row at its sample's row in the dataset (registering a new dataset from the keys when the
+store does not know it) and writes it as a complete array. An export followed by an import and a
+second export gives bit-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embedstore.errors import StoreError
+from embedstore.store.fingerprint import hash_object
+from embedstore.store.store import Store
+
+EXPORT_FORMATS = ("npy", "h5", "parquet")
+IMPORT_CHUNK_ROWS = 4096
+
+
+def _format_of(path: Path, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in EXPORT_FORMATS:
+            raise StoreError(f"unknown format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+        return fmt
+    suffix = path.suffix.lower().lstrip(".")
+    formats = {"npy": "npy", "h5": "h5", "hdf5": "h5", "parquet": "parquet", "pq": "parquet"}
+    if suffix not in formats:
+        raise StoreError(f"cannot tell the format of {path} from its extension: use .npy, .h5 or .parquet")
+    return formats[suffix]
+
+
+def export_array(
+    store: Store, dataset: str, model: str, name: str, output: str | Path, fmt: str | None = None
+) -> tuple[Path, tuple[int, ...]]:
+    """Write one array to ``output``; returns the path and the array's shape."""
+    output = Path(output)
+    fmt = _format_of(output, fmt)
+    data = store.read_array(dataset, model, name)
+    keys = _row_keys(store, dataset, name, data.shape[0])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "npy":
+        np.save(output, data)
+    elif fmt == "h5":
+        import h5py
+
+        with h5py.File(output, "w") as f:
+            f.create_dataset("data", data=data)
+            f.create_dataset("keys", data=np.asarray(keys, dtype=object), dtype=h5py.string_dtype())
+            f.attrs.update({"dataset": dataset, "model": model, "name": name})
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        flat = data.reshape(data.shape[0], -1)
+        values = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+        table = pa.table({"row": np.arange(data.shape[0]), "key": keys, "values": values})
+        meta = {
+            b"embedstore.shape": json.dumps(list(data.shape)).encode(),
+            b"embedstore.dtype": str(data.dtype).encode(),
+        }
+        pq.write_table(table.replace_schema_metadata(meta), output)
+    return output, tuple(data.shape)
+
+
+def _row_keys(store: Store, dataset: str, name: str, n: int) -> list[str]:
+    """Keys naming each row: sample keys, caption ids (``key#j``) for ``caption_emb``, class names for
+    ``text_emb``."""
+    if name == "caption_emb":
+        captions = store.caption_table(dataset)
+        keys = store.sample_table(dataset)["key"]
+        counts: dict[int, int] = {}
+        out = []
+        for sample_row in captions["sample_row"]:
+            j = counts.get(int(sample_row), 0)
+            counts[int(sample_row)] = j + 1
+            out.append(f"{keys[sample_row]}#{j}")
+        return out
+    if name == "text_emb":
+        return list(store.dataset_info(dataset)["classnames"])
+    keys = store.sample_table(dataset)["key"]
+    if len(keys) != n:
+        raise StoreError(f"array {dataset}/{name} has {n} rows but the dataset has {len(keys)} samples")
+    return [str(k) for k in keys]
+
+
+# -- import ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ImportedSample:
+    row: int
+    key: str
+    label: int | None = None
+    locator: str | None = None
+    captions: tuple[str, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _ImportedDataset:
+    """A dataset known only by its sample keys (registered by ``import``)."""
+
+    name: str
+    samples: Sequence[_ImportedSample]
+    source: str
+    kind: str = "imported"
+    root: str | None = None
+    classnames: Sequence[str] = ()
+    templates: Sequence[str] = ()
+    task: str = "classification"
+    class_subset: Sequence[int] | None = None
+
+    @property
+    def spec(self) -> str:
+        return f"import:{self.source}"
+
+    def fingerprint(self) -> str:
+        return hash_object({"kind": self.kind, "keys": [s.key for s in self.samples]})
+
+
+def read_matrix(
+    path: str | Path, keys_file: str | Path | None = None, h5_dataset: str = "data"
+) -> tuple[np.ndarray, list[str]]:
+    """Read an ``[N, ...]`` matrix and its N sample keys from ``.npy`` (+ keys file, one per line),
+    ``.h5`` (datasets ``data`` and ``keys``, or a keys file) or Parquet written by ``export_array``."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no such file: {path}")
+    fmt = _format_of(path, None)
+    keys: list[str] | None = None
+    try:
+        if fmt == "npy":
+            data = np.load(path, allow_pickle=False)
+        elif fmt == "h5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                if h5_dataset not in f:
+                    raise StoreError(f"{path} has no dataset {h5_dataset!r} (it has {', '.join(f.keys())})")
+                data = f[h5_dataset][...]
+                if "keys" in f and keys_file is None:
+                    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["keys"][...]]
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            meta = table.schema.metadata or {}
+            flat = np.asarray(table.column("values").combine_chunks().flatten().to_numpy(zero_copy_only=False))
+            shape = json.loads(meta[b"embedstore.shape"]) if b"embedstore.shape" in meta else None
+            data = flat.reshape(shape if shape else (table.num_rows, -1))
+            if b"embedstore.dtype" in meta:
+                data = data.astype(meta[b"embedstore.dtype"].decode(), copy=False)
+            if keys_file is None:
+                keys = [str(k) for k in table.column("key").to_pylist()]
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from None
+    if keys_file is not None:
+        keys = [line.rstrip("\n") for line in Path(keys_file).read_text().splitlines() if line.strip()]
+    if keys is None:
+        raise StoreError(f"{path} carries no sample keys: pass --keys FILE with one key per row")
+    if data.ndim < 1 or data.shape[0] != len(keys):
+        raise StoreError(f"{path} has {data.shape[0] if data.ndim else 0} rows but {len(keys)} keys were given")
+    if len(set(keys)) != len(keys):
+        raise StoreError(f"duplicate sample keys in the keys for {path}")
+    return data, keys
+
+
+def import_array(
+    store: Store,
+    dataset: str,
+    model: str,
+    name: str,
+    path: str | Path,
+    *,
+    keys_file: str | Path | None = None,
+    h5_dataset: str = "data",
+) -> tuple[int, ...]:
+    """Import a matrix as array ``dataset/model/name``; returns its shape."""
+    data, keys = read_matrix(path, keys_file, h5_dataset)
+    if str(data.dtype) not in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool"):
+        raise StoreError(f"{path} holds dtype {data.dtype}, which a store cannot keep")
+    known = store.query("SELECT name FROM datasets WHERE name = ?", [dataset])
+    if not known:
+        samples = [_ImportedSample(row=i, key=k) for i, k in enumerate(keys)]
+        store.register_dataset(_ImportedDataset(name=dataset, samples=samples, source=Path(path).name))
+    table = store.sample_table(dataset)
+    position = {str(k): i for i, k in enumerate(table["key"])}
+    missing = [k for k in keys if k not in position]
+    if missing:
+        raise StoreError(f"{len(missing)} key(s) of {path} are not samples of dataset {dataset}, e.g. {missing[0]!r}")
+    if len(keys) != len(position):
+        raise StoreError(f"{path} has {len(keys)} rows but dataset {dataset} has {len(position)} samples")
+    order = np.asarray([position[k] for k in keys])
+    rows = np.empty_like(data)
+    rows[order] = data
+    if not store.query("SELECT model_id FROM models WHERE model_id = ?", [model]):
+        store.register_model({"model_id": model, "kind": "imported", "library": "import",
+                              "fingerprint": _file_hash(Path(path))})  # fmt: skip
+    fingerprints = {
+        "dataset": store.dataset_info(dataset)["fingerprint"],
+        "model": store.model_info(model)["fingerprint"],
+        "settings": hash_object({"source": "import", "file": Path(path).name}),
+    }
+    arr = store.open_array_writer(
+        dataset, model, name, shape=rows.shape, dtype=str(rows.dtype), chunk_rows=IMPORT_CHUNK_ROWS,
+        fingerprints=fingerprints, settings={"source": "import", "file": str(path)},
+    )  # fmt: skip
+    for i in arr.missing_chunks():
+        start, stop = arr.chunk_bounds(i)
+        arr.write_chunk(i, rows[start:stop])
+    store.update_array_progress(dataset, model, name)
+    return tuple(rows.shape)
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

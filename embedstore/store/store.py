@@ -1,0 +1,634 @@
+"""``Store``: one directory holding a DuckDB catalog and a Zarr v3 tree of arrays.
+
+    STORE/catalog.duckdb
+    STORE/arrays.zarr/<dataset>/<model>/<name>      (or an fsspec URL given at creation)
+
+Row i of every array of a dataset is row i of that dataset's ``samples`` table. Arrays hold what the
+encoders returned (not normalised); analyses normalise where their formula says so.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+import embedstore
+from embedstore.errors import DatasetError, FingerprintMismatch, StoreError
+from embedstore.store.arrays import StoreArray, ZarrRoot
+from embedstore.store.catalog import CATALOG_FILE, SCHEMA_VERSION, Catalog
+from embedstore.store.fingerprint import canonical_json, describe_mismatch, hash_object
+
+ARRAYS_DIR = "arrays.zarr"
+DEFAULT_PROMPT_SET = "default"
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
+
+
+def path_component(name: str) -> str:
+    """A folder name for a dataset or model id: safe characters kept, others replaced, and a short
+    hash appended whenever anything was replaced so that two ids never share a folder."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "_"
+    if safe != name:
+        safe = f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return safe
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    dataset: str
+    model: str
+    name: str
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+    rows_total: int
+    rows_done: int
+    status: str
+    fingerprints: dict[str, str]
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    metric: str
+    value: float | None = None
+    value_text: str | None = None
+
+
+_WRITE_STATEMENT = re.compile(
+    r"^\s*(insert|update|delete|create|drop|alter|copy|attach|detach|install|load|set|pragma|"
+    r"checkpoint|vacuum|import|export|call|begin|commit|rollback|truncate|merge|use)\b",
+    re.IGNORECASE,
+)
+
+
+class Store:
+    """A store directory. Create with ``Store.create(path)``, open with ``Store.open(path)``."""
+
+    def __init__(self, path: Path, catalog: Catalog, arrays: ZarrRoot):
+        self.path = path
+        self.catalog = catalog
+        self.arrays = arrays
+
+    # -- opening ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, arrays_url: str | None = None) -> Store:
+        """Create an empty store at ``path``; arrays live in ``path/arrays.zarr`` unless ``arrays_url``
+        names another folder or an fsspec URL."""
+        path = Path(path)
+        if (path / CATALOG_FILE).exists():
+            raise StoreError(f"{path} already holds a store")
+        if path.exists() and any(path.iterdir()):
+            raise StoreError(f"{path} exists and is not empty; choose a new folder for the store")
+        path.mkdir(parents=True, exist_ok=True)
+        location = arrays_url or ARRAYS_DIR
+        arrays = ZarrRoot(cls._arrays_location(path, location), readonly=False)
+        arrays.create_root()
+        catalog = Catalog(path / CATALOG_FILE, readonly=False, lock_timeout=_lock_timeout())
+        catalog.create_schema(
+            {
+                "store_id": uuid.uuid4().hex,
+                "created": _now().isoformat(),
+                "arrays": location,
+                "embedstore_version": embedstore.__version__,
+            }
+        )
+        return cls(path, catalog, arrays)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, readonly: bool = True) -> Store:
+        """Open an existing store. A writable open upgrades an older catalog schema first."""
+        path = Path(path)
+        if not (path / CATALOG_FILE).is_file():
+            raise StoreError(f"no store at {path} (missing {CATALOG_FILE}); create one with `embedstore init`")
+        catalog = Catalog(path / CATALOG_FILE, readonly=readonly, lock_timeout=_lock_timeout())
+        meta = catalog.meta()
+        version = int(meta["schema_version"])
+        if version != SCHEMA_VERSION:
+            if readonly or version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {path} has catalog schema {version}, this embedstore uses {SCHEMA_VERSION}; "
+                    + ("open it writable once to migrate" if version < SCHEMA_VERSION else "upgrade embedstore")
+                )
+            catalog.migrate()
+        arrays = ZarrRoot(cls._arrays_location(path, meta["arrays"]), readonly=readonly)
+        return cls(path, catalog, arrays)
+
+    @staticmethod
+    def _arrays_location(path: Path, location: str) -> str:
+        return location if "://" in location else str(path / location)
+
+    @property
+    def readonly(self) -> bool:
+        return self.catalog.readonly
+
+    def meta(self) -> dict[str, str]:
+        return self.catalog.meta()
+
+    # -- models and datasets ---------------------------------------------------------------------------
+
+    def register_model(self, info: Mapping[str, Any]) -> None:
+        """Insert or update a ``models`` row. ``info`` needs ``model_id``, ``kind`` and ``fingerprint``;
+        other keys fill the metadata columns. A different fingerprint for a model that already has
+        arrays is refused: those arrays came from other weights."""
+        model_id = info["model_id"]
+        with self.catalog.write() as con:
+            row = con.execute("SELECT fingerprint FROM models WHERE model_id = ?", [model_id]).fetchone()
+            if row and row[0] != info["fingerprint"]:
+                n = con.execute("SELECT count(*) FROM arrays WHERE model = ?", [model_id]).fetchone()[0]
+                if n:
+                    raise FingerprintMismatch(
+                        f"model {model_id} changed since its {n} array(s) were extracted "
+                        f"(weights fingerprint {row[0][:12]} -> {info['fingerprint'][:12]}); "
+                        f"use another model id or delete its arrays with `embedstore rm --model {model_id}`"
+                    )
+            columns = [
+                "kind", "library", "arch", "tag", "fingerprint", "family", "backbone", "params",
+                "resolution", "embed_dim", "train_data", "train_size", "fine_tuned", "loss",
+                "group_label", "logit_scale", "logit_bias",
+            ]  # fmt: skip
+            values = [info.get(c) for c in columns]
+            metadata = canonical_json({k: v for k, v in info.items() if k != "model_id"})
+            con.execute("DELETE FROM models WHERE model_id = ?", [model_id])
+            con.execute(
+                f"INSERT INTO models (model_id, {', '.join(columns)}, metadata, created) "
+                f"VALUES (?, {', '.join('?' * len(columns))}, ?, ?)",
+                [model_id, *values, metadata, _now()],
+            )
+
+    def model_info(self, model_id: str) -> dict[str, Any]:
+        rows = self.query("SELECT * FROM models WHERE model_id = ?", [model_id])
+        if not rows:
+            raise StoreError(f"model {model_id!r} is not in store {self.path}")
+        return rows[0]
+
+    def register_dataset(self, dataset: Any) -> bool:
+        """Write a dataset's ``datasets``, ``samples``, ``captions``, ``annotations``, ``templates`` rows
+        and its default prompt set. ``dataset`` is an ``embedstore.sources.Dataset``. Returns False when
+        the same dataset (same fingerprint) is already registered. A changed dataset that already has
+        arrays is refused, naming what changed."""
+        fingerprint = dataset.fingerprint()
+        name = dataset.name
+        existing = self.query("SELECT fingerprint, n_samples FROM datasets WHERE name = ?", [name])
+        if existing and existing[0]["fingerprint"] == fingerprint:
+            return False
+        samples = list(dataset.samples)
+        keys = [s.key for s in samples]
+        if len(set(keys)) != len(keys):
+            raise DatasetError(f"dataset {name}: duplicate sample keys")
+        captions = [(s.row, text) for s in samples for text in s.captions]
+        captions = [(row, sample_row, text) for row, (sample_row, text) in enumerate(captions)]
+        annotations = [(s.row, k, None if v is None else str(v)) for s in samples for k, v in s.annotations.items()]
+        templates = list(dataset.templates)
+        with self.catalog.write() as con:
+            if existing:
+                n = con.execute("SELECT count(*) FROM arrays WHERE dataset = ?", [name]).fetchone()[0]
+                if n:
+                    raise FingerprintMismatch(
+                        f"dataset {name} changed on disk since its {n} array(s) were extracted "
+                        f"(fingerprint {existing[0]['fingerprint'][:12]} -> {fingerprint[:12]}, "
+                        f"{existing[0]['n_samples']} -> {len(samples)} samples); register it under another "
+                        f"name or delete its arrays with `embedstore rm --dataset {name}`"
+                    )
+                for table in ("datasets", "samples", "captions", "annotations", "templates", "prompt_sets"):
+                    key = "name" if table == "datasets" else "dataset"
+                    con.execute(f"DELETE FROM {table} WHERE {key} = ?", [name])
+            con.execute(
+                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    name, dataset.kind, dataset.spec, dataset.root, dataset.task, len(samples), len(captions),
+                    canonical_json(list(dataset.classnames)),
+                    None if dataset.class_subset is None else canonical_json(list(dataset.class_subset)),
+                    fingerprint, _now(),
+                ],
+            )  # fmt: skip
+            _insert_arrow(
+                con, "samples",
+                {
+                    "dataset": pa.array([name] * len(samples), pa.string()),
+                    "row": pa.array([s.row for s in samples], pa.int64()),
+                    "key": pa.array(keys, pa.string()),
+                    "label": pa.array([s.label for s in samples], pa.int32()),
+                    "locator": pa.array([s.locator for s in samples], pa.string()),
+                },
+            )  # fmt: skip
+            if captions:
+                _insert_arrow(
+                    con, "captions",
+                    {
+                        "dataset": pa.array([name] * len(captions), pa.string()),
+                        "row": pa.array([c[0] for c in captions], pa.int64()),
+                        "sample_row": pa.array([c[1] for c in captions], pa.int64()),
+                        "text": pa.array([c[2] for c in captions], pa.string()),
+                    },
+                )  # fmt: skip
+            if annotations:
+                _insert_arrow(
+                    con, "annotations",
+                    {
+                        "dataset": pa.array([name] * len(annotations), pa.string()),
+                        "row": pa.array([a[0] for a in annotations], pa.int64()),
+                        "name": pa.array([a[1] for a in annotations], pa.string()),
+                        "value": pa.array([a[2] for a in annotations], pa.string()),
+                    },
+                )  # fmt: skip
+            _executemany(con, "INSERT INTO templates VALUES (?, ?, ?)", [(name, i, t) for i, t in enumerate(templates)])
+            _executemany(
+                con,
+                "INSERT INTO prompt_sets VALUES (?, ?, ?, ?)",
+                [(name, DEFAULT_PROMPT_SET, i, i) for i in range(len(templates))],
+            )
+        return True
+
+    def dataset_info(self, name: str) -> dict[str, Any]:
+        rows = self.query("SELECT * FROM datasets WHERE name = ?", [name])
+        if not rows:
+            raise StoreError(f"dataset {name!r} is not in store {self.path}")
+        info = rows[0]
+        info["classnames"] = _json(info["classnames"]) or []
+        info["class_subset"] = _json(info["class_subset"])
+        return info
+
+    def sample_table(self, dataset: str) -> dict[str, np.ndarray]:
+        """``{"row", "key", "label", "locator"}`` columns of a dataset's samples, in row order
+        (labels of unlabelled samples are -1)."""
+        self.dataset_info(dataset)
+        with self.catalog.read() as con:
+            table = _arrow_table(
+                con,
+                'SELECT "row", key, coalesce(label, -1) AS label, locator FROM samples '
+                'WHERE dataset = ? ORDER BY "row"',
+                [dataset],
+            )
+        return {
+            "row": table.column("row").to_numpy(),
+            "key": np.asarray(table.column("key").to_pylist(), dtype=object),
+            "label": table.column("label").to_numpy().astype(np.int64),
+            "locator": np.asarray(table.column("locator").to_pylist(), dtype=object),
+        }
+
+    def caption_table(self, dataset: str) -> dict[str, np.ndarray]:
+        """``{"row", "sample_row", "text"}`` of a caption dataset, in caption-row order."""
+        with self.catalog.read() as con:
+            table = _arrow_table(
+                con, 'SELECT "row", sample_row, text FROM captions WHERE dataset = ? ORDER BY "row"', [dataset]
+            )
+        return {
+            "row": table.column("row").to_numpy(),
+            "sample_row": table.column("sample_row").to_numpy(),
+            "text": np.asarray(table.column("text").to_pylist(), dtype=object),
+        }
+
+    def annotations(self, dataset: str, name: str | None = None) -> dict[str, dict[int, str]]:
+        """``{annotation name: {row: value}}`` for a dataset (one name, or all)."""
+        sql = 'SELECT name, "row", value FROM annotations WHERE dataset = ?'
+        params: list[Any] = [dataset]
+        if name is not None:
+            sql += " AND name = ?"
+            params.append(name)
+        out: dict[str, dict[int, str]] = {}
+        with self.catalog.read() as con:
+            for ann, row, value in con.execute(sql, params).fetchall():
+                out.setdefault(ann, {})[int(row)] = value
+        return out
+
+    # -- templates and prompt sets ---------------------------------------------------------------------
+
+    def templates(self, dataset: str) -> list[str]:
+        rows = self.query('SELECT template FROM templates WHERE dataset = ? ORDER BY "index"', [dataset])
+        return [r["template"] for r in rows]
+
+    def prompt_sets(self, dataset: str) -> dict[str, list[int]]:
+        rows = self.query(
+            "SELECT name, template_index FROM prompt_sets WHERE dataset = ? ORDER BY name, position", [dataset]
+        )
+        out: dict[str, list[int]] = {}
+        for r in rows:
+            out.setdefault(r["name"], []).append(int(r["template_index"]))
+        return out
+
+    def prompt_set(self, dataset: str, name: str) -> list[int]:
+        sets = self.prompt_sets(dataset)
+        if name not in sets:
+            raise StoreError(
+                f"prompt set {name!r} is not defined for dataset {dataset}; known: {', '.join(sorted(sets)) or 'none'}"
+            )
+        return sets[name]
+
+    def add_prompt_set(self, dataset: str, name: str, templates: Sequence[str]) -> list[int]:
+        """Define prompt set ``name`` of ``dataset`` as ``templates``; templates new to the dataset are
+        appended to its template list (their text embeddings must then be encoded). Returns the
+        template indices of the set."""
+        self.dataset_info(dataset)
+        with self.catalog.write() as con:
+            known = dict(
+                (t, i)
+                for i, t in con.execute(
+                    'SELECT "index", template FROM templates WHERE dataset = ?', [dataset]
+                ).fetchall()
+            )
+            indices = []
+            for template in templates:
+                if template not in known:
+                    known[template] = len(known)
+                    con.execute("INSERT INTO templates VALUES (?, ?, ?)", [dataset, known[template], template])
+                indices.append(known[template])
+            con.execute("DELETE FROM prompt_sets WHERE dataset = ? AND name = ?", [dataset, name])
+            _executemany(
+                con,
+                "INSERT INTO prompt_sets VALUES (?, ?, ?, ?)",
+                [(dataset, name, pos, idx) for pos, idx in enumerate(indices)],
+            )
+        return indices
+
+    # -- arrays ------------------------------------------------------------------------------------------
+
+    def array_path(self, dataset: str, model: str, name: str) -> str:
+        return f"{path_component(dataset)}/{path_component(model)}/{name}"
+
+    def open_array_writer(
+        self,
+        dataset: str,
+        model: str,
+        name: str,
+        *,
+        shape: Sequence[int],
+        dtype: str,
+        chunk_rows: int,
+        fingerprints: Mapping[str, str],
+        settings: Mapping[str, Any] | None = None,
+        versions: Mapping[str, str] | None = None,
+        compression: str = "none",
+        register: bool = True,
+    ) -> StoreArray:
+        """Create an array, or reopen it to resume. Reopening with other fingerprints, shape, dtype or
+        chunking is refused with the reason. ``register=False`` (non-zero torchrun ranks) touches no
+        catalog row and only opens an array rank 0 created."""
+        label = f"{dataset}/{model}/{name}"
+        fingerprints = {k: fingerprints[k] for k in ("dataset", "model", "settings")}
+        path = self.array_path(dataset, model, name)
+        info = self._array_row(dataset, model, name)
+        stored_fp = info.fingerprints if info else None
+        if stored_fp is None and self.arrays.exists(path):
+            stored_fp = dict(self.arrays.open_array(path).attrs.get("fingerprints", {}))
+        if stored_fp is not None:
+            problem = describe_mismatch(label, stored_fp, fingerprints)
+            if problem:
+                raise FingerprintMismatch(problem)
+            arr = self.arrays.open_array(path)
+            if (
+                arr.shape != tuple(shape)
+                or str(arr.dtype) != dtype
+                or arr.chunk_rows != min(chunk_rows, max(shape[0], 1))
+            ):
+                raise StoreError(
+                    f"array {label} exists with shape {arr.shape}, dtype {arr.dtype}, {arr.chunk_rows} rows a chunk; "
+                    f"asked for {tuple(shape)}, {dtype}, {chunk_rows}"
+                )
+        elif not register:
+            raise StoreError(f"array {label} has not been created by rank 0")
+        else:
+            attrs = {"fingerprints": dict(fingerprints), "settings": dict(settings or {}), "dataset": dataset,
+                     "model": model, "name": name}  # fmt: skip
+            arr = self.arrays.create_array(path, shape, dtype, chunk_rows, attrs, compression=compression)
+        if register and info is None:
+            now = _now()
+            with self.catalog.write() as con:
+                con.execute(
+                    f"INSERT INTO arrays VALUES ({', '.join('?' * 19)})",
+                    [
+                        dataset, model, name, path, canonical_json(list(arr.shape)), str(arr.dtype), arr.chunk_rows,
+                        arr.shape[0], 0, "pending", fingerprints["dataset"], fingerprints["model"],
+                        fingerprints["settings"], canonical_json(dict(settings or {})),
+                        canonical_json(dict(versions or {})), None, None, now, now,
+                    ],
+                )  # fmt: skip
+        return arr
+
+    def update_array_progress(
+        self, dataset: str, model: str, name: str, *, seconds: float | None = None, rows_per_s: float | None = None
+    ) -> ArrayInfo:
+        """Recount an array's done rows from its chunk markers into the catalog."""
+        info = self._require_array(dataset, model, name)
+        arr = self.arrays.open_array(info.path)
+        done = arr.rows_done()
+        status = "complete" if done == info.rows_total else ("partial" if done else "pending")
+        with self.catalog.write() as con:
+            con.execute(
+                "UPDATE arrays SET rows_done = ?, status = ?, updated = ?, seconds = coalesce(?, seconds), "
+                "rows_per_s = coalesce(?, rows_per_s) WHERE dataset = ? AND model = ? AND name = ?",
+                [done, status, _now(), seconds, rows_per_s, dataset, model, name],
+            )
+        return self._require_array(dataset, model, name)
+
+    def array(self, dataset: str, model: str, name: str) -> StoreArray:
+        return self.arrays.open_array(self._require_array(dataset, model, name).path)
+
+    def read_array(
+        self,
+        dataset: str,
+        model: str,
+        name: str,
+        rows: slice | Sequence[int] | np.ndarray | None = None,
+        *,
+        allow_partial: bool = False,
+    ) -> np.ndarray:
+        """An array (or some of its rows) as numpy. An array whose extraction has not finished is
+        refused unless ``allow_partial`` (its missing rows read as zeros)."""
+        info = self._require_array(dataset, model, name)
+        arr = self.arrays.open_array(info.path)
+        if not allow_partial and info.status != "complete":
+            done = arr.rows_done()
+            if done != info.rows_total:
+                raise StoreError(
+                    f"array {dataset}/{model}/{name} is incomplete ({done}/{info.rows_total} rows); "
+                    f"finish its extraction first"
+                )
+        return arr.read(rows)
+
+    def list_arrays(
+        self, dataset: str | None = None, model: str | None = None, name: str | None = None
+    ) -> list[ArrayInfo]:
+        sql = "SELECT * FROM arrays WHERE 1=1"
+        params: list[Any] = []
+        for column, value in (("dataset", dataset), ("model", model), ("name", name)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        return [_array_info(r) for r in self.query(sql + " ORDER BY dataset, model, name", params)]
+
+    def array_progress(self, info: ArrayInfo) -> tuple[int, str]:
+        """(rows done, status) read from the chunk markers: true even while a writer is running."""
+        if info.status == "complete":
+            return info.rows_done, info.status
+        done = self.arrays.open_array(info.path).rows_done() if self.arrays.exists(info.path) else 0
+        status = "complete" if done == info.rows_total else ("partial" if done else "pending")
+        return done, status
+
+    def delete_arrays(self, dataset: str | None = None, model: str | None = None, name: str | None = None) -> int:
+        infos = self.list_arrays(dataset, model, name)
+        for info in infos:
+            with self.catalog.write() as con:
+                con.execute(
+                    "DELETE FROM arrays WHERE dataset = ? AND model = ? AND name = ?",
+                    [info.dataset, info.model, info.name],
+                )
+            self.arrays.delete_array(info.path)
+        return len(infos)
+
+    def _array_row(self, dataset: str, model: str, name: str) -> ArrayInfo | None:
+        rows = self.query("SELECT * FROM arrays WHERE dataset = ? AND model = ? AND name = ?", [dataset, model, name])
+        return _array_info(rows[0]) if rows else None
+
+    def _require_array(self, dataset: str, model: str, name: str) -> ArrayInfo:
+        info = self._array_row(dataset, model, name)
+        if info is None:
+            have = self.query("SELECT DISTINCT name FROM arrays WHERE dataset = ? AND model = ?", [dataset, model])
+            hint = f"; it has {', '.join(r['name'] for r in have)}" if have else "; run `embedstore extract` first"
+            raise StoreError(f"store holds no array {name} for model {model} on dataset {dataset}{hint}")
+        return info
+
+    # -- bad samples ---------------------------------------------------------------------------------------
+
+    def record_bad_samples(self, dataset: str, bad: Iterable[tuple[int, str | None, str]]) -> None:
+        rows = [(dataset, int(r), k, reason, _now()) for r, k, reason in bad]
+        if not rows:
+            return
+        with self.catalog.write() as con:
+            _executemany(con, 'DELETE FROM bad_samples WHERE dataset = ? AND "row" = ?', [r[:2] for r in rows])
+            _executemany(con, "INSERT INTO bad_samples VALUES (?, ?, ?, ?, ?)", rows)
+
+    def bad_rows(self, dataset: str) -> np.ndarray:
+        rows = self.query('SELECT "row" FROM bad_samples WHERE dataset = ? ORDER BY "row"', [dataset])
+        return np.asarray([r["row"] for r in rows], dtype=np.int64)
+
+    # -- results -------------------------------------------------------------------------------------------
+
+    def put_results(
+        self,
+        analysis: str,
+        rows: Iterable[ResultRow | tuple[str, Any]],
+        *,
+        params: Mapping[str, Any],
+        model: str | None = None,
+        dataset: str | None = None,
+    ) -> str:
+        """Store one analysis run's metrics. Rows of an earlier run with the same model, dataset,
+        analysis and parameters are replaced; other parameters add rows. Returns the params hash."""
+        params_json = canonical_json(dict(params))
+        params_hash = hash_object(dict(params))
+        now = _now()
+        values = []
+        for row in rows:
+            if not isinstance(row, ResultRow):
+                metric, value = row
+                row = ResultRow(metric, value_text=value) if isinstance(value, str) else ResultRow(metric, value)
+            number = None if row.value is None else float(row.value)
+            values.append((model, dataset, analysis, row.metric, number, row.value_text, params_json, params_hash,
+                           embedstore.__version__, now))  # fmt: skip
+        with self.catalog.write() as con:
+            con.execute(
+                "DELETE FROM results WHERE model IS NOT DISTINCT FROM ? AND dataset IS NOT DISTINCT FROM ? "
+                "AND analysis = ? AND params_hash = ?",
+                [model, dataset, analysis, params_hash],
+            )
+            if values:
+                _executemany(con, "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        return params_hash
+
+    # -- SQL -----------------------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """Rows of a read query as dicts (internal use: trusted SQL)."""
+        with self.catalog.read() as con:
+            cursor = con.execute(sql, params or [])
+            columns = [d[0] for d in cursor.description]
+            return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+    def sql(self, statement: str) -> pa.Table:
+        """Run a user's SQL on a read-only, sandboxed connection (no file or network access, no
+        writes) and return an Arrow table. Write statements are refused with one clear line."""
+        match = _WRITE_STATEMENT.match(statement)
+        if match:
+            raise StoreError(f"refused: `sql` is read-only and {match.group(1).upper()} statements are not allowed")
+        with self.catalog.read(sandboxed=True) as con:
+            try:
+                return _arrow_table(con, statement)
+            except duckdb.Error as exc:
+                message = str(exc).splitlines()[0]
+                if "read-only" in message or "read only" in message:
+                    raise StoreError(f"refused: `sql` is read-only ({message})") from None
+                raise StoreError(f"SQL error: {message}") from None
+
+
+def _arrow_table(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+    """A query's rows as an Arrow table (DuckDB 2 renamed ``fetch_arrow_table`` to ``to_arrow_table``)."""
+    relation = con.sql(sql, params=params) if params else con.sql(sql)
+    if relation is None:
+        return pa.table({})
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    table = fetch()
+    return table if isinstance(table, pa.Table) else table.read_all()
+
+
+def _executemany(con: duckdb.DuckDBPyConnection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    if rows:
+        con.executemany(sql, rows)
+
+
+def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, pa.Array]) -> None:
+    data = pa.table(columns)
+    con.register("_embedstore_insert", data)
+    try:
+        names = ", ".join(f'"{c}"' for c in columns)
+        con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _embedstore_insert")
+    finally:
+        con.unregister("_embedstore_insert")
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _array_info(row: Mapping[str, Any]) -> ArrayInfo:
+    return ArrayInfo(
+        dataset=row["dataset"],
+        model=row["model"],
+        name=row["name"],
+        path=row["path"],
+        shape=tuple(_json(row["shape"])),
+        dtype=row["dtype"],
+        chunk_rows=int(row["chunk_rows"]),
+        rows_total=int(row["rows_total"]),
+        rows_done=int(row["rows_done"]),
+        status=row["status"],
+        fingerprints={
+            "dataset": row["dataset_fingerprint"],
+            "model": row["model_fingerprint"],
+            "settings": row["settings_fingerprint"],
+        },
+        settings=_json(row["settings"]) or {},
+    )
+
+
+def _lock_timeout() -> float:
+    try:
+        return float(os.environ.get("EMBEDSTORE_LOCK_TIMEOUT", "30"))
+    except ValueError:
+        raise StoreError("EMBEDSTORE_LOCK_TIMEOUT must be a number of seconds") from None

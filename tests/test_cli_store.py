@@ -1,0 +1,125 @@
+"""init, ls, sql, export, import, rm through click's runner, and once through the console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from embedstore_cli.main import cli
+
+
+@pytest.fixture
+def run(tmp_path):
+    runner = CliRunner()
+    env = {"EMBEDSTORE_STORE": str(tmp_path / "store")}
+
+    def invoke(*args, ok=True):
+        result = runner.invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def matrix(tmp_path):
+    data = np.random.default_rng(0).standard_normal((50, 6)).astype("float16")
+    np.save(tmp_path / "emb.npy", data)
+    keys = [f"img{i:03d}" for i in range(50)]
+    (tmp_path / "keys.txt").write_text("\n".join(keys) + "\n")
+    return data, keys
+
+
+def test_every_command_has_help(run):
+    for command in ["init", "ls", "sql", "export", "import", "rm"]:
+        assert "Usage:" in run(command, "--help").output
+    assert "0.1.0" in run("--version").output
+
+
+def test_import_export_round_trip_is_bit_identical(run, tmp_path, matrix):
+    run("init")
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy",
+        "--keys", tmp_path / "keys.txt")  # fmt: skip
+    for fmt in ["npy", "h5", "parquet"]:
+        run("export", "--dataset", "ds", "--model", "m1", "--array", "image_emb", "-o", tmp_path / f"a.{fmt}")
+        run("import", "--dataset", "ds", "--model", f"m-{fmt}", "--array", "image_emb", tmp_path / f"a.{fmt}",
+            *(["--keys", tmp_path / "keys.txt"] if fmt == "npy" else []))  # fmt: skip
+        run("export", "--dataset", "ds", "--model", f"m-{fmt}", "--array", "image_emb", "-o", tmp_path / f"b.{fmt}")
+    assert (tmp_path / "emb.npy").read_bytes() == (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    with h5py.File(tmp_path / "b.h5") as f:
+        np.testing.assert_array_equal(f["data"][...], matrix[0])
+        assert [k.decode() for k in f["keys"][...]] == matrix[1]
+
+
+def test_import_places_rows_by_key(run, tmp_path, matrix):
+    data, keys = matrix
+    run("init")
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt")
+    perm = np.random.default_rng(1).permutation(50)
+    np.save(tmp_path / "shuffled.npy", data[perm])
+    (tmp_path / "shuffled.txt").write_text("\n".join(keys[i] for i in perm))
+    run("import", "--dataset", "ds", "--model", "m2", "--array", "image_emb", tmp_path / "shuffled.npy",
+        "--keys", tmp_path / "shuffled.txt")  # fmt: skip
+    run("export", "--dataset", "ds", "--model", "m2", "--array", "image_emb", "-o", tmp_path / "m2.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "m2.npy"), data)
+
+
+def test_import_errors_are_one_line(run, tmp_path, matrix):
+    run("init")
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    result = run("import", "--dataset", "ds", "--model", "m", "--array", "image_emb", tmp_path / "emb.npy",
+                 "--keys", tmp_path / "short.txt", ok=False)  # fmt: skip
+    assert result.exit_code == 1 and "50 rows but 2 keys" in result.output
+    assert "Traceback" not in result.output
+    result = run("import", "--dataset", "ds", "--model", "m", "--array", "image_emb", tmp_path / "emb.npy", ok=False)
+    assert "carries no sample keys" in result.output
+    assert run("sql", "SELECT count(*) AS n FROM datasets", "--format", "json").output.count('"n": 0') == 1
+
+
+def test_ls_and_sql_formats(run, tmp_path, matrix):
+    run("init")
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt")
+    listing = json.loads(run("ls", "--json").output)
+    assert listing["arrays"][0] | {} == listing["arrays"][0]
+    assert listing["arrays"][0]["rows_done"] == 50 and listing["arrays"][0]["status"] == "complete"
+    assert "50/50" in run("ls").output
+    csv_out = run("sql", "SELECT key FROM samples ORDER BY row LIMIT 2", "--format", "csv").output
+    assert csv_out.splitlines() == ["key", "img000", "img001"]
+    run("sql", "SELECT * FROM samples", "--format", "parquet", "--output", tmp_path / "s.parquet")
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "s.parquet").num_rows == 50
+    refused = run("sql", "DROP TABLE samples", ok=False)
+    assert refused.exit_code == 1 and "refused" in refused.output
+
+
+def test_rm_deletes_arrays(run, tmp_path, matrix):
+    run("init")
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt")
+    assert "deleted 1" in run("rm", "--model", "m1", "--yes").output
+    assert json.loads(run("ls", "--json").output)["arrays"] == []
+
+
+def test_errors_without_store(run, tmp_path):
+    result = run("ls", ok=False)
+    assert result.exit_code == 1 and "no store at" in result.output
+
+
+def test_installed_console_script(tmp_path):
+    exe = shutil.which("embedstore")
+    assert exe, "the embedstore console script is not on PATH"
+    env = dict(os.environ, EMBEDSTORE_STORE=str(tmp_path / "s"))
+    assert subprocess.run([exe, "init"], env=env, capture_output=True, text=True, check=True).returncode == 0
+    out = subprocess.run([exe, "ls", "--json"], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["arrays"] == []
+    bad = subprocess.run([exe, "sql", "DELETE FROM models"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("Error: refused") and "Traceback" not in bad.stderr
