@@ -181,9 +181,10 @@ class StoreArray:
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def write_chunk(self, index: int, data: np.ndarray) -> ChunkMarker:
+    def write_chunk(self, index: int, data: np.ndarray, extra: dict[str, Any] | None = None) -> ChunkMarker:
         """Write chunk ``index`` whole, make it durable, then mark it done. Rewriting a done chunk is
-        an error: every chunk is written by exactly one writer, once."""
+        an error: every chunk is written by exactly one writer, once. ``extra`` (JSON) is kept in
+        the marker, e.g. the chunk's bad rows."""
         start, stop = self.chunk_bounds(index)
         expected = (stop - start,) + self.shape[1:]
         if tuple(data.shape) != expected:
@@ -196,7 +197,7 @@ class StoreArray:
         self.root.fsync(f"{self.path}/{self.zarr.metadata.encode_chunk_key(coords)}")
         marker = ChunkMarker(index, stop - start, zlib.crc32(data.tobytes()))
         key = f"{self.path}/{MARKER_DIR}/{index}"
-        self.root.put_bytes(key, json.dumps({"rows": marker.rows, "crc32": marker.crc32}).encode())
+        self.root.put_bytes(key, json.dumps({"rows": marker.rows, "crc32": marker.crc32, **(extra or {})}).encode())
         self.root.fsync(key)
         return marker
 
@@ -212,6 +213,16 @@ class StoreArray:
             return ChunkMarker(index, int(info["rows"]), int(info["crc32"]))
         except (ValueError, KeyError):
             return None  # a marker cut short by a crash: the chunk is rewritten
+
+    def marker_extras(self, key: str) -> dict[int, Any]:
+        """``{chunk: marker[key]}`` for the done chunks whose marker holds ``key``."""
+        out = {}
+        for index in self.done_chunks():
+            raw = self.root.get_bytes(f"{self.path}/{MARKER_DIR}/{index}")
+            info = json.loads(raw) if raw else {}
+            if key in info:
+                out[index] = info[key]
+        return out
 
     def done_chunks(self) -> set[int]:
         names = self.root.list_dir(f"{self.path}/{MARKER_DIR}")

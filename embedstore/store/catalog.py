@@ -161,6 +161,7 @@ class Catalog:
         self.path = Path(path)
         self.readonly = readonly
         self.lock_timeout = lock_timeout
+        self._held: duckdb.DuckDBPyConnection | None = None  # see ``session``
 
     def _connect(self, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout
@@ -180,8 +181,26 @@ class Catalog:
                 delay = min(delay * 2, 0.2)
 
     @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold one connection for a burst of catalog work (opening a DuckDB file costs tens of
+        milliseconds): ``read``/``write`` inside the block reuse it. A writable catalog holds a write
+        connection, which locks other processes out until the block ends; keep bursts short."""
+        if self._held is not None:
+            yield
+            return
+        self._held = self._connect(read_only=self.readonly)
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            held.close()
+
+    @contextlib.contextmanager
     def read(self, *, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection. ``sandboxed`` also forbids file and network access from SQL."""
+        if self._held is not None and not sandboxed:
+            yield self._held
+            return
         config = {"enable_external_access": False, "lock_configuration": True} if sandboxed else None
         con = self._connect(read_only=True, config=config)
         try:
@@ -194,6 +213,15 @@ class Catalog:
         """One write transaction: committed when the block ends, rolled back if it raises."""
         if self.readonly:
             raise StoreError(f"store at {self.path.parent} was opened read-only")
+        if self._held is not None:
+            self._held.execute("BEGIN TRANSACTION")
+            try:
+                yield self._held
+            except BaseException:
+                self._held.execute("ROLLBACK")
+                raise
+            self._held.execute("COMMIT")
+            return
         con = self._connect(read_only=False)
         try:
             con.execute("BEGIN TRANSACTION")

@@ -134,6 +134,11 @@ class Store:
     def _arrays_location(path: Path, location: str) -> str:
         return location if "://" in location else str(path / location)
 
+    def session(self):
+        """``with store.session():`` reuses one catalog connection for a burst of calls (see
+        ``Catalog.session``)."""
+        return self.catalog.session()
+
     @property
     def readonly(self) -> bool:
         return self.catalog.readonly
@@ -186,15 +191,21 @@ class Store:
         fingerprint = dataset.fingerprint()
         name = dataset.name
         existing = self.query("SELECT fingerprint, n_samples FROM datasets WHERE name = ?", [name])
-        if existing and existing[0]["fingerprint"] == fingerprint:
-            return False
         samples = list(dataset.samples)
+        annotations = [(s.row, k, None if v is None else str(v)) for s in samples for k, v in s.annotations.items()]
+        if existing and existing[0]["fingerprint"] == fingerprint:
+            # Same samples: refresh the annotations, which the fingerprint leaves out (ImageNet-X
+            # factors may be attached later). Templates stay as first registered: new ones are added
+            # with `embedstore prompts add`, which also encodes them.
+            with self.catalog.write() as con:
+                con.execute("DELETE FROM annotations WHERE dataset = ?", [name])
+                self._insert_annotations(con, name, annotations)
+            return False
         keys = [s.key for s in samples]
         if len(set(keys)) != len(keys):
             raise DatasetError(f"dataset {name}: duplicate sample keys")
         captions = [(s.row, text) for s in samples for text in s.captions]
         captions = [(row, sample_row, text) for row, (sample_row, text) in enumerate(captions)]
-        annotations = [(s.row, k, None if v is None else str(v)) for s in samples for k, v in s.annotations.items()]
         templates = list(dataset.templates)
         with self.catalog.write() as con:
             if existing:
@@ -238,16 +249,7 @@ class Store:
                         "text": pa.array([c[2] for c in captions], pa.string()),
                     },
                 )  # fmt: skip
-            if annotations:
-                _insert_arrow(
-                    con, "annotations",
-                    {
-                        "dataset": pa.array([name] * len(annotations), pa.string()),
-                        "row": pa.array([a[0] for a in annotations], pa.int64()),
-                        "name": pa.array([a[1] for a in annotations], pa.string()),
-                        "value": pa.array([a[2] for a in annotations], pa.string()),
-                    },
-                )  # fmt: skip
+            self._insert_annotations(con, name, annotations)
             _executemany(con, "INSERT INTO templates VALUES (?, ?, ?)", [(name, i, t) for i, t in enumerate(templates)])
             _executemany(
                 con,
@@ -255,6 +257,19 @@ class Store:
                 [(name, DEFAULT_PROMPT_SET, i, i) for i in range(len(templates))],
             )
         return True
+
+    @staticmethod
+    def _insert_annotations(con: duckdb.DuckDBPyConnection, name: str, annotations: list[tuple]) -> None:
+        if annotations:
+            _insert_arrow(
+                con, "annotations",
+                {
+                    "dataset": pa.array([name] * len(annotations), pa.string()),
+                    "row": pa.array([a[0] for a in annotations], pa.int64()),
+                    "name": pa.array([a[1] for a in annotations], pa.string()),
+                    "value": pa.array([a[2] for a in annotations], pa.string()),
+                },
+            )  # fmt: skip
 
     def dataset_info(self, name: str) -> dict[str, Any]:
         rows = self.query("SELECT * FROM datasets WHERE name = ?", [name])
