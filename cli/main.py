@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import click
+from embedstore_cli.eval_commands import eval_group, register_eval_commands
 from embedstore_cli.exchange_commands import export_command, import_command
+from embedstore_cli.extract_command import extract_command
 from embedstore_cli.store_commands import init_command, ls_command, rm_command, sql_command
 
 import embedstore
@@ -16,9 +18,11 @@ def cli() -> None:
     the cache (zero-shot, calibration, OOD, retrieval, effective robustness, ...)."""
 
 
-COMMANDS = [init_command, ls_command, sql_command, rm_command, export_command, import_command]
+COMMANDS = [init_command, ls_command, sql_command, rm_command, export_command, import_command, extract_command]
 for command in COMMANDS:
     cli.add_command(command)
+register_eval_commands()
+cli.add_command(eval_group)
 
 
 def main() -> None:

@@ -71,3 +71,21 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
+
+
+def models_option(func: Callable) -> Callable:
+    return click.option("--model", "models", multiple=True, required=True,
+                        help="Model id or glob (repeatable), e.g. 'openclip:*'.")(func)  # fmt: skip
+
+
+def datasets_option(func: Callable) -> Callable:
+    return click.option("--dataset", "datasets", multiple=True, required=True,
+                        help="Dataset name or glob (repeatable).")(func)  # fmt: skip
+
+
+def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:
+    """Result rows as a table (the given columns) or as JSON (every field)."""
+    if as_json:
+        print_json(list(rows))
+    else:
+        print_table(list(columns), [[row.get(c) for c in columns] for row in rows])

@@ -1,0 +1,19 @@
+"""The ``eval`` group: every analysis from cached arrays. Each analysis lives in its own
+``cli/eval_<name>.py`` module; ``EVAL_COMMANDS`` lists them (explicitly: no registration by import)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Analyses from the cache (no encoder is loaded); results go to the catalog's `results`."""
+
+
+EVAL_COMMANDS: list[click.Command] = []
+
+
+def register_eval_commands() -> None:
+    for command in EVAL_COMMANDS:
+        eval_group.add_command(command)

@@ -1,0 +1,154 @@
+"""What every analysis runner shares: choosing models and datasets, and reading their cached arrays.
+
+The runners in ``embedstore.evaluate`` feed the pure functions of ``embedstore.analysis`` from the
+store and write what they return to the catalog's ``results``. No encoder is loaded here.
+
+Conventions:
+
+- Rows listed in ``bad_samples`` (undecodable images, left as zeros in the arrays) are left out of
+  every evaluation; ``EvalData.rows`` says which rows were used.
+- Labels are in the dataset's own class space. A dataset with a ``class_subset`` (e.g. ImageNet-R's 200
+  of 1000 classes) is scored on a classifier's logits *sliced* to those columns (imagenet-testbed's
+  ``class_sublist``); CLIP models are scored against the dataset's own class names.
+- CLIP logits are recomputed from the cached embeddings for any prompt set:
+  ``logit_scale * cos(image_emb, w_c) (+ logit_bias)``, ``w_c = normalize(mean_t normalize(e_{c,t}))``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedstore.analysis.zeroshot import classifier_weights, zeroshot_cosines
+from embedstore.errors import AnalysisError
+from embedstore.store import Store
+
+
+def _expand(patterns: Sequence[str], known: Sequence[str], what: str, store: Store) -> list[str]:
+    if not patterns:
+        raise AnalysisError(f"name at least one {what} (glob patterns such as 'openclip:*' work)")
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [k for k in known if fnmatch.fnmatchcase(k, pattern)] if any(c in pattern for c in "*?[") else (
+            [pattern] if pattern in known else [])  # fmt: skip
+        if not hits:
+            listing = ", ".join(known[:8]) + (" ..." if len(known) > 8 else "")
+            raise AnalysisError(f"no {what} in store {store.path} matches {pattern!r}; it has: {listing or 'none'}")
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
+def resolve_models(store: Store, patterns: Sequence[str]) -> list[str]:
+    """Model ids matching exact ids or glob patterns, in order of first match; an unmatched pattern is an error."""
+    known = [r["model_id"] for r in store.query("SELECT model_id FROM models ORDER BY model_id")]
+    return _expand(patterns, known, "model", store)
+
+
+def resolve_datasets(store: Store, patterns: Sequence[str]) -> list[str]:
+    known = [r["name"] for r in store.query("SELECT name FROM datasets ORDER BY name")]
+    return _expand(patterns, known, "dataset", store)
+
+
+def model_kind(store: Store, model: str) -> str:
+    return store.model_info(model)["kind"]
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """One (model, dataset)'s scores over the rows used: ``logits [n, C]`` and ``labels [n]`` (dataset
+    class space), ``rows`` (dataset rows), plus how the logits were made."""
+
+    model: str
+    dataset: str
+    rows: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray
+    cosines: np.ndarray | None  # raw cosines (CLIP only; MCM needs them)
+    source: str  # "zero-shot" | "classifier head"
+    prompt_set: str | None
+    class_subset: list[int] | None
+
+    def params(self) -> dict[str, Any]:
+        return {"logits": self.source, "prompt_set": self.prompt_set, "class_subset": self.class_subset is not None}
+
+
+def usable_rows(store: Store, dataset: str, *, labelled: bool = True) -> np.ndarray:
+    """Rows not listed in ``bad_samples`` (and with a label, when ``labelled``)."""
+    table = store.sample_table(dataset)
+    keep = np.ones(len(table["row"]), dtype=bool)
+    keep[store.bad_rows(dataset)] = False
+    if labelled:
+        keep &= table["label"] >= 0
+    return np.flatnonzero(keep)
+
+
+def labels_of(store: Store, dataset: str) -> np.ndarray:
+    return store.sample_table(dataset)["label"]
+
+
+def prompt_indices(store: Store, dataset: str, prompt_set: str | Sequence[int] | None) -> list[int]:
+    if prompt_set is None:
+        prompt_set = "default"
+    if isinstance(prompt_set, str):
+        return store.prompt_set(dataset, prompt_set)
+    return list(prompt_set)
+
+
+def clip_scores(
+    store: Store, model: str, dataset: str, prompt_set: str | Sequence[int] | None = "default",
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(logits, cosines)`` of a CLIP model on ``rows`` under a prompt set, from cached embeddings."""
+    info = store.model_info(model)
+    if info["kind"] != "clip":
+        raise AnalysisError(f"model {model} is a {info['kind']} model: zero-shot scores need a CLIP model")
+    text = store.read_array(dataset, model, "text_emb")
+    weights = classifier_weights(text, prompt_indices(store, dataset, prompt_set))
+    image = (
+        store.read_array(dataset, model, "image_emb", rows=rows)
+        if rows is not None
+        else store.read_array(dataset, model, "image_emb")
+    )
+    cosines = zeroshot_cosines(image, weights)
+    logits = float(info["logit_scale"]) * cosines
+    if info["logit_bias"] is not None:
+        logits = logits + float(info["logit_bias"])
+    return logits.astype(np.float32), cosines.astype(np.float32)
+
+
+def eval_data(store: Store, model: str, dataset: str, prompt_set: str | None = "default") -> EvalData:
+    """Scores of a model on a dataset's usable labelled rows: zero-shot logits for CLIP models
+    (under ``prompt_set``), head logits for classifiers (sliced to the dataset's class subset)."""
+    info = store.dataset_info(dataset)
+    rows = usable_rows(store, dataset)
+    if not len(rows):
+        raise AnalysisError(f"dataset {dataset} has no labelled, decodable rows to evaluate")
+    labels = labels_of(store, dataset)[rows]
+    subset = info["class_subset"]
+    if model_kind(store, model) == "clip":
+        logits, cosines = clip_scores(store, model, dataset, prompt_set, rows)
+        return EvalData(model, dataset, rows, labels, logits, cosines, "zero-shot", prompt_set or "default", subset)
+    logits = store.read_array(dataset, model, "logits", rows=rows).astype(np.float32)
+    if subset is not None:
+        logits = logits[:, subset]
+    elif logits.shape[1] != len(info["classnames"]):
+        raise AnalysisError(
+            f"model {model} has {logits.shape[1]} outputs but dataset {dataset} has {len(info['classnames'])} classes "
+            f"and declares no class subset"
+        )
+    return EvalData(model, dataset, rows, labels, logits, None, "classifier head", None, subset)
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(array)):
+        bad = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise AnalysisError(f"{what} holds NaN or infinite values (first at row {bad})")
+
+
+def flatten_metrics(metrics: dict[str, Any]) -> Iterable[tuple[str, Any]]:
+    """(metric, value) pairs of a flat dict, skipping None."""
+    return [(k, v) for k, v in metrics.items() if v is not None]

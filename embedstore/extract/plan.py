@@ -1,0 +1,170 @@
+"""An extraction plan: which models on which datasets, and how.
+
+A plan comes from the command line (``--model ID ... --dataset NAME=KIND:PATH ...``) or from a TOML file:
+
+.. code-block:: toml
+
+    [settings]                      # all optional; these are the defaults
+    dtype = "float16"               # image_emb / text_emb / caption_emb dtype ("float16" | "float32")
+    batch_size = 256
+    device = "auto"                 # "auto" (cuda when present, saying so) | "cpu" | "cuda" | "cuda:1"
+    precision = "auto"              # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "fp16" | "bf16"
+    decode = "auto"                 # "auto" (gpu when the device is a GPU) | "cpu" | "gpu"
+    workers = 4                     # reader/decoder processes (0: in the main process)
+    chunk_rows = 4096               # rows per chunk: the unit of writing and of resume
+    pixel_limit = 89478485          # bigger images are recorded as bad samples
+    compression = "none"            # "none" | "blosc-lz4" | "zstd"
+
+    [[models]]
+    id = "openclip:ViT-B-32.laion2b_s34b_b79k"
+    [models.metadata]               # overrides of the model's metadata (group, train_data, ...)
+    group = "zero-shot CLIP"
+
+    [[datasets]]
+    name = "imagenet-val"
+    source = "imagefolder:/data/imagenet/val"
+    [datasets.options]              # reader options, as in the spec's ?key=value
+    classes = "/data/imagenet/wnids.txt"
+    [datasets.prompt_sets]          # extra named prompt sets (templates with {c})
+    openai7 = ["itap of a {c}.", "a bad photo of the {c}."]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from embedstore.errors import EmbedstoreError
+from embedstore.extract.decode import DEFAULT_PIXEL_LIMIT
+
+
+class PlanError(EmbedstoreError):
+    """A plan file or plan argument is malformed."""
+
+
+DTYPES = ("float16", "float32")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DECODES = ("auto", "cpu", "gpu")
+COMPRESSIONS = ("none", "blosc-lz4", "zstd")
+
+
+@dataclass(frozen=True)
+class Settings:
+    dtype: str = "float16"
+    batch_size: int = 256
+    device: str = "auto"
+    precision: str = "auto"
+    decode: str = "auto"
+    workers: int = 4
+    chunk_rows: int = 4096
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT
+    compression: str = "none"
+
+    def __post_init__(self) -> None:
+        checks = [("dtype", self.dtype, DTYPES), ("precision", self.precision, PRECISIONS),
+                  ("decode", self.decode, DECODES), ("compression", self.compression, COMPRESSIONS)]  # fmt: skip
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise PlanError(f"settings.{name} = {value!r}: use one of {', '.join(allowed)}")
+        for name in ("batch_size", "chunk_rows", "pixel_limit"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise PlanError(f"settings.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise PlanError(f"settings.workers must be 0 or more, got {self.workers!r}")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise PlanError(f"settings.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    id: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    name: str
+    source: str  # "KIND:PATH"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    prompt_sets: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    models: tuple[ModelPlan, ...]
+    datasets: tuple[DatasetPlan, ...]
+    settings: Settings = Settings()
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise PlanError("the plan names no model: add --model ID (or [[models]] in the plan file)")
+        if not self.datasets:
+            raise PlanError("the plan names no dataset: add --dataset NAME=KIND:PATH (or [[datasets]])")
+        for kind, names in (("model", [m.id for m in self.models]), ("dataset", [d.name for d in self.datasets])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise PlanError(f"{kind} {dupes[0]!r} appears twice in the plan")
+
+    def with_settings(self, **overrides: Any) -> Plan:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, settings=replace(self.settings, **given)) if given else self
+
+
+_SETTINGS_KEYS = set(Settings.__dataclass_fields__)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a TOML plan file; every mistake is one line naming the file and the key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"plan file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(f"plan file {path} is not valid TOML: {exc}") from None
+    unknown = set(raw) - {"settings", "models", "datasets"}
+    if unknown:
+        raise PlanError(f"{path}: unknown section {sorted(unknown)[0]!r} (use settings, models, datasets)")
+    settings_raw = raw.get("settings", {})
+    unknown = set(settings_raw) - _SETTINGS_KEYS
+    if unknown:
+        raise PlanError(f"{path}: unknown setting {sorted(unknown)[0]!r}; known: {', '.join(sorted(_SETTINGS_KEYS))}")
+    models = []
+    for i, entry in enumerate(raw.get("models", [])):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise PlanError(f"{path}: models[{i}] needs an id")
+        extra = set(entry) - {"id", "metadata"}
+        if extra:
+            raise PlanError(f"{path}: models[{i}] has unknown key {sorted(extra)[0]!r}")
+        models.append(ModelPlan(str(entry["id"]), dict(entry.get("metadata", {}))))
+    datasets = []
+    for i, entry in enumerate(raw.get("datasets", [])):
+        if not isinstance(entry, dict) or "name" not in entry or "source" not in entry:
+            raise PlanError(f"{path}: datasets[{i}] needs a name and a source (KIND:PATH)")
+        extra = set(entry) - {"name", "source", "options", "prompt_sets"}
+        if extra:
+            raise PlanError(f"{path}: datasets[{i}] has unknown key {sorted(extra)[0]!r}")
+        source = str(entry["source"])
+        if ":" in source and not Path(source.split(":", 1)[1].split("?", 1)[0].split("#", 1)[0]).is_absolute():
+            kind, rest = source.split(":", 1)
+            if kind != "synthetic":
+                source = f"{kind}:{(path.parent / rest).as_posix()}"  # relative to the plan file
+        prompt_sets = {str(k): [str(t) for t in v] for k, v in dict(entry.get("prompt_sets", {})).items()}
+        datasets.append(DatasetPlan(str(entry["name"]), source, dict(entry.get("options", {})), prompt_sets))
+    try:
+        settings = Settings(**settings_raw)
+    except TypeError as exc:
+        raise PlanError(f"{path}: {exc}") from None
+    return Plan(tuple(models), tuple(datasets), settings)
+
+
+def plan_from_args(models: Sequence[str], datasets: Sequence[str], **settings: Any) -> Plan:
+    """A plan from ``--model`` ids and ``--dataset NAME=KIND:PATH`` specs."""
+    from embedstore.sources import parse_dataset_spec
+
+    parsed = [parse_dataset_spec(text) for text in datasets]
+    plan = Plan(tuple(ModelPlan(m) for m in models), tuple(DatasetPlan(n, s) for n, s in parsed))
+    return plan.with_settings(**settings)

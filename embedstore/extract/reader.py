@@ -1,0 +1,184 @@
+"""Reading and decoding: a stream of prepared batches, one pass over a dataset.
+
+The unit of work is a *batch task*: rows ``[start, stop)`` inside one chunk (batches never cross a
+chunk boundary, so a resumed run forms exactly the batches an uninterrupted run forms). A task reads
+its samples' encoded bytes (each file opened once), decodes each image once, and prepares it once per
+distinct preprocessing config: models whose configs are equal share the prepared tensor.
+
+CPU path: PIL decode + each config's own library PIL transform, in ``workers`` processes
+(``torch.utils.data.DataLoader``). GPU path: the worker only reads bytes (and PIL-decodes the
+non-JPEG ones); the main process decodes the JPEGs in one batched call on the GPU and resizes/crops/
+normalises the batch there (``embedstore.extract.batched``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from embedstore.extract.batched import decode_jpegs, preprocess_batch
+from embedstore.extract.decode import BadImage, DecodeOptions, check_pixel_limit, decode_rgb, is_jpeg
+from embedstore.models.preprocess import PreprocessConfig
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    chunk: int
+    start: int
+    stop: int
+
+
+@dataclass
+class PreparedBatch:
+    """Rows ``start:stop`` ready for the encoders. ``pixels[config]`` holds one tensor per
+    preprocessing config with a row for every *good* sample (``good_rows``, ascending)."""
+
+    task: BatchTask
+    good_rows: np.ndarray
+    pixels: dict[PreprocessConfig, torch.Tensor]
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+
+def batch_tasks(n_rows: int, chunk_rows: int, batch_size: int, chunks: Sequence[int]) -> list[BatchTask]:
+    """Batch tasks covering the given chunks, each at most ``batch_size`` rows, never crossing a chunk."""
+    tasks = []
+    for chunk in chunks:
+        start, stop = chunk * chunk_rows, min((chunk + 1) * chunk_rows, n_rows)
+        for a in range(start, stop, batch_size):
+            tasks.append(BatchTask(chunk, a, min(a + batch_size, stop)))
+    return tasks
+
+
+class _CpuTasks(TorchDataset):
+    """Each item is one batch task read, decoded and preprocessed (PIL) for every config."""
+
+    def __init__(self, dataset, tasks, transforms: Mapping[PreprocessConfig, Callable], options: DecodeOptions):
+        self.dataset, self.tasks, self.transforms, self.options = dataset, tasks, dict(transforms), options
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, index: int) -> PreparedBatch:
+        task = self.tasks[index]
+        good, bad, per_config = [], [], {c: [] for c in self.transforms}
+        for sample in self.dataset.iter_encoded(task.start, task.stop):
+            if sample.data is None:
+                bad.append((sample.row, sample.error or "unreadable"))
+                continue
+            try:
+                image = decode_rgb(sample.data, self.options)
+            except BadImage as exc:
+                bad.append((sample.row, str(exc)))
+                continue
+            good.append(sample.row)
+            for config, transform in self.transforms.items():
+                per_config[config].append(transform(image))
+        pixels = {c: torch.stack(t) if t else torch.empty((0, 3, *c.size)) for c, t in per_config.items()}
+        return PreparedBatch(task, np.asarray(good, dtype=np.int64), pixels, bad)
+
+
+@dataclass
+class _EncodedTask:
+    task: BatchTask
+    rows: list[int]
+    jpeg: list[bytes]  # JPEG bytes, for the batched decoder
+    jpeg_rows: list[int]
+    decoded: list[torch.Tensor]  # uint8 [3, H, W] of the non-JPEG images (PIL-decoded in the worker)
+    decoded_rows: list[int]
+    bad: list[tuple[int, str]]
+
+
+class _BytesTasks(TorchDataset):
+    """Each item is one batch task's bytes; non-JPEGs are PIL-decoded here (the GPU decodes JPEGs)."""
+
+    def __init__(self, dataset, tasks, options: DecodeOptions):
+        self.dataset, self.tasks, self.options = dataset, tasks, options
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, index: int) -> _EncodedTask:
+        task = self.tasks[index]
+        item = _EncodedTask(task, [], [], [], [], [], [])
+        for sample in self.dataset.iter_encoded(task.start, task.stop):
+            if sample.data is None:
+                item.bad.append((sample.row, sample.error or "unreadable"))
+                continue
+            if is_jpeg(sample.data):
+                try:
+                    check_pixel_limit(sample.data, self.options)
+                except BadImage as exc:
+                    item.bad.append((sample.row, str(exc)))
+                    continue
+                item.jpeg.append(sample.data)
+                item.jpeg_rows.append(sample.row)
+                continue
+            try:
+                item.decoded.append(_pil_to_tensor(decode_rgb(sample.data, self.options)))
+                item.decoded_rows.append(sample.row)
+            except BadImage as exc:
+                item.bad.append((sample.row, str(exc)))
+        return item
+
+
+def _pil_to_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def _unbatched(item):
+    return item
+
+
+def iterate_prepared(
+    dataset,
+    tasks: Sequence[BatchTask],
+    transforms: Mapping[PreprocessConfig, Callable],
+    *,
+    decode: str,
+    device: torch.device,
+    workers: int,
+    options: DecodeOptions,
+) -> Iterator[PreparedBatch]:
+    """Prepared batches in task order. ``decode="cpu"``: PIL + library transforms in the workers;
+    ``decode="gpu"``: batched decode and preprocessing on ``device``."""
+    source = _CpuTasks(dataset, tasks, transforms, options) if decode == "cpu" else _BytesTasks(dataset, tasks, options)
+    loader = DataLoader(
+        source,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_unbatched,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    for item in loader:
+        if decode == "cpu":
+            yield item
+        else:
+            yield _finish_on_device(item, list(transforms), device, options)
+
+
+def _finish_on_device(
+    item: _EncodedTask, configs: Sequence[PreprocessConfig], device: torch.device, options: DecodeOptions
+) -> PreparedBatch:
+    images: dict[int, torch.Tensor] = {}
+    bad = list(item.bad)
+    for row, image in zip(item.jpeg_rows, decode_jpegs(item.jpeg, device), strict=True):
+        if image is None:  # the GPU decoder refused it: PIL decides (CMYK, progressive oddities, corrupt)
+            try:
+                image = _pil_to_tensor(decode_rgb(item.jpeg[item.jpeg_rows.index(row)], options)).to(device)
+            except BadImage as exc:
+                bad.append((row, str(exc)))
+                continue
+        images[row] = image
+    for row, image in zip(item.decoded_rows, item.decoded, strict=True):
+        images[row] = image.to(device, non_blocking=True)
+    rows = sorted(images)
+    ordered = [images[r] for r in rows]
+    pixels = {config: preprocess_batch(ordered, config) for config in configs}
+    return PreparedBatch(item.task, np.asarray(rows, dtype=np.int64), pixels, sorted(bad))

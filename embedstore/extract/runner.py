@@ -1,0 +1,449 @@
+"""The extraction engine: plan -> reader -> decode -> per-config preprocess -> every model -> writer.
+
+One pass per dataset: each image is read and decoded once and fed to every model of the plan that
+still misses its chunk. Arrays written per (model, dataset):
+
+- ``image_emb [N, D]``: ``encode_image`` as the encoder returns it (CLIP: the projected embedding;
+  timm classifiers: pre-logit features), in the plan's dtype.
+- ``logits [N, C]`` float32: a classifier's head; for CLIP models the zero-shot logits under the
+  dataset's ``default`` prompt set, ``logit_scale * cos(image_emb, w_c) (+ logit_bias)`` with
+  ``w_c = normalize(mean_t normalize(text_emb[c, t]))``, computed from the arrays *as stored* so
+  that analyses recomputing them from the store get the same numbers.
+- ``text_emb [C, T, D]`` (CLIP, datasets with classes): every template of the dataset, raw.
+- ``caption_emb [M, D]`` (CLIP, caption datasets): every caption, raw.
+
+Resume: progress is per chunk (``StoreArray`` done-markers); chunks already done are skipped, and a
+chunk is only ever written whole, so a run killed at any moment and restarted ends bit-identical to
+an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import numpy as np
+import torch
+
+import embedstore
+from embedstore.errors import EmbedstoreError
+from embedstore.extract.decode import DecodeOptions
+from embedstore.extract.distributed import Ranks, ranks_from_env
+from embedstore.extract.plan import Plan
+from embedstore.extract.reader import batch_tasks, iterate_prepared
+from embedstore.extract.text import encode_class_templates, encode_texts
+from embedstore.extract.writer import ChunkAssembler, ChunkWriter
+from embedstore.store import Store, hash_object
+from embedstore.store.arrays import StoreArray
+
+EXTRACTOR_VERSION = 1  # bump when a change alters what is written for the same inputs
+TEXT_CHUNK_ROWS = 256
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ArrayReport:
+    dataset: str
+    model: str
+    name: str
+    rows_total: int
+    rows_written: int
+    status: str
+
+
+@dataclass
+class ExtractionReport:
+    arrays: list[ArrayReport] = field(default_factory=list)
+    bad_samples: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    images: int = 0
+    model_images_per_s: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    precision: str = "fp32"
+    decode: str = "cpu"
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str
+    decode: str
+
+
+def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
+    """Device, precision and decode path; every automatic choice is said out loud."""
+    settings = plan.settings
+    if settings.device == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda", ranks.local_rank if ranks.world > 1 else 0)
+        else:
+            device = torch.device("cpu")
+            log("no CUDA device found: extracting on the CPU (weights in fp32, PIL decoding)")
+    else:
+        device = torch.device(settings.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise EmbedstoreError(f"--device {settings.device} was asked for but CUDA is not available here")
+    precision = settings.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    decode = settings.decode
+    if decode == "auto":
+        decode = "gpu" if device.type == "cuda" else "cpu"
+    return Runtime(device, precision, decode)
+
+
+def _versions() -> dict[str, str]:
+    out = {"embedstore": embedstore.__version__}
+    for package in ("torch", "torchvision", "open_clip_torch", "timm", "pillow", "zarr", "numpy"):
+        try:
+            out[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def zeroshot_weights(text_emb: np.ndarray, template_indices: Sequence[int]) -> np.ndarray:
+    """``[C, D]`` float32: ``w_c = normalize(mean_{t in S} normalize(e_{c,t}))`` (open_clip's
+    ``build_zero_shot_classifier``; CLIP_benchmark)."""
+    text = torch.from_numpy(np.asarray(text_emb, dtype=np.float32)[:, list(template_indices)])
+    return _normalize(_normalize(text).mean(dim=1)).numpy()
+
+
+class _ModelJob:
+    """One model's arrays on one dataset and what it still has to do."""
+
+    def __init__(self, adapter, store_dtype: str):
+        self.adapter = adapter
+        self.store_dtype = store_dtype
+        self.image: StoreArray | None = None
+        self.logits: StoreArray | None = None
+        self.has_logits = False
+        self.assemblers: list[tuple[ChunkAssembler, str]] = []
+        self.done: dict[str, set[int]] = {}  # array name -> chunks written before this run
+        self.missing: set[int] = set()  # chunks this rank encodes
+        self.classifier: torch.Tensor | None = None  # [D, C] zero-shot weights for CLIP logits
+        self.encode_seconds = 0.0
+        self.rows_encoded = 0
+
+    @property
+    def model_id(self) -> str:
+        return self.adapter.model_id
+
+    def encode(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image embeddings (store dtype) and logits (float32) of one prepared batch."""
+        adapter = self.adapter
+        start = time.perf_counter()
+        with torch.inference_mode():
+            features = adapter.encode_image(pixels)
+            if adapter.kind == "classifier":
+                logits = adapter.classify(features).float() if self.has_logits else None
+            elif self.classifier is not None:
+                stored = features.to(getattr(torch, self.store_dtype)).float()
+                logits = adapter.logit_scale * (_normalize(stored) @ self.classifier.to(stored.device))
+                if adapter.logit_bias is not None:
+                    logits = logits + adapter.logit_bias
+            else:
+                logits = None
+            image = features.float().cpu().numpy().astype(self.store_dtype)
+            logits_np = None if logits is None else logits.cpu().numpy()
+        self.encode_seconds += time.perf_counter() - start
+        self.rows_encoded += len(image)
+        return image, logits_np
+
+
+def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool = True) -> ExtractionReport:
+    """Run a plan into a store. Everything a user can get wrong (a missing dataset root, unknown
+    model, missing weights, a changed dataset) fails here before any encoding starts."""
+    from embedstore.models import load_model
+    from embedstore.sources import open_dataset
+
+    settings = plan.settings
+    ranks = ranks_from_env(use_cuda=settings.device != "cpu" and torch.cuda.is_available())
+    runtime = resolve_runtime(plan, ranks, log if ranks.is_main else (lambda _msg: None))
+    report = ExtractionReport(device=str(runtime.device), precision=runtime.precision, decode=runtime.decode)
+    started = time.perf_counter()
+
+    datasets = [(d, open_dataset(d.name, d.source, **dict(d.options))) for d in plan.datasets]
+    adapters = []
+    for model_plan in plan.models:
+        adapter = load_model(model_plan.id, device=str(runtime.device), precision=runtime.precision)
+        if model_plan.metadata:
+            from embedstore.models import apply_overrides
+
+            adapter.metadata = apply_overrides(adapter.metadata, dict(model_plan.metadata))
+        adapters.append(adapter)
+
+    if ranks.is_main:
+        with store.session():
+            _register(store, adapters, datasets)
+    ranks.barrier()
+
+    for _, dataset in datasets:
+        _extract_dataset(store, dataset, adapters, plan, runtime, ranks, report, log, progress)
+
+    report.images = int(ranks.total(report.images))
+    report.seconds = time.perf_counter() - started
+    report.rank, report.world = ranks.rank, ranks.world
+    return report
+
+
+def _register(store: Store, adapters, datasets) -> None:
+    for adapter in adapters:
+        info = adapter.describe()
+        info["group_label"] = info.get("group")
+        store.register_model(info)
+    for dataset_plan, dataset in datasets:
+        store.register_dataset(dataset)
+        for name, templates in dataset_plan.prompt_sets.items():
+            store.add_prompt_set(dataset.name, name, templates)
+
+
+def _settings_fingerprint(runtime: Runtime, plan: Plan, adapter, **extra: Any) -> tuple[str, dict[str, Any]]:
+    settings = {
+        "extractor": EXTRACTOR_VERSION,
+        "precision": runtime.precision,
+        "decode": runtime.decode,
+        "pixel_limit": plan.settings.pixel_limit,
+        "preprocess": dataclasses.asdict(adapter.preprocess),
+        **extra,
+    }
+    return hash_object(settings), settings
+
+
+def _open_array(store: Store, ranks: Ranks, dataset, adapter, name: str, shape, dtype: str, chunk_rows: int,
+                settings_fp: str, settings: dict[str, Any], plan: Plan, runtime: Runtime) -> StoreArray:  # fmt: skip
+    fingerprints = {"dataset": dataset.fingerprint(), "model": adapter.fingerprint, "settings": settings_fp}
+    recorded = dict(
+        settings, batch_size=plan.settings.batch_size, device=str(runtime.device), workers=plan.settings.workers
+    )
+    return store.open_array_writer(
+        dataset.name, adapter.model_id, name, shape=shape, dtype=dtype, chunk_rows=chunk_rows,
+        fingerprints=fingerprints, settings=recorded, versions=_versions(),
+        compression=plan.settings.compression, register=ranks.is_main,
+    )  # fmt: skip
+
+
+def _write_all(array: StoreArray, data: np.ndarray) -> None:
+    for chunk in array.missing_chunks():
+        a, b = array.chunk_bounds(chunk)
+        array.write_chunk(chunk, data[a:b])
+
+
+def _extract_text(
+    store: Store, dataset, adapter, plan: Plan, runtime: Runtime, ranks: Ranks, log: Log
+) -> np.ndarray | None:
+    """text_emb and caption_emb of one CLIP model (rank 0 encodes, the others read); returns the
+    zero-shot classifier's text embeddings as stored, or None when the dataset has no classes."""
+    dtype = plan.settings.dtype
+    text_emb = None
+    if dataset.classnames:
+        templates = store.templates(dataset.name)
+        fp, settings = _settings_fingerprint(runtime, plan, adapter, kind="text", dtype=dtype,
+                                             templates=hash_object(templates))  # fmt: skip
+        shape = (len(dataset.classnames), len(templates), adapter.embed_dim)
+        if ranks.is_main:
+            array = _open_array(
+                store, ranks, dataset, adapter, "text_emb", shape, dtype, TEXT_CHUNK_ROWS, fp, settings, plan, runtime
+            )
+            if array.missing_chunks():
+                start = time.perf_counter()
+                values = encode_class_templates(adapter, dataset.classnames, templates, plan.settings.batch_size)
+                _write_all(array, values.astype(dtype))
+                store.update_array_progress(dataset.name, adapter.model_id, "text_emb", seconds=time.perf_counter() - start,
+                                            rows_per_s=values.shape[0] * values.shape[1] / max(time.perf_counter() - start, 1e-9))  # fmt: skip
+                log(
+                    f"  {adapter.model_id}: text_emb {list(shape)} ({shape[0] * shape[1]} prompts) in {time.perf_counter() - start:.1f} s"
+                )
+        ranks.barrier()
+        text_emb = store.read_array(dataset.name, adapter.model_id, "text_emb")
+    captions = [text for sample in dataset.samples for text in sample.captions]
+    if captions:
+        fp, settings = _settings_fingerprint(runtime, plan, adapter, kind="captions", dtype=dtype)
+        shape = (len(captions), adapter.embed_dim)
+        if ranks.is_main:
+            array = _open_array(
+                store,
+                ranks,
+                dataset,
+                adapter,
+                "caption_emb",
+                shape,
+                dtype,
+                plan.settings.chunk_rows,
+                fp,
+                settings,
+                plan,
+                runtime,
+            )
+            if array.missing_chunks():
+                start = time.perf_counter()
+                values = encode_texts(adapter, captions, plan.settings.batch_size)
+                _write_all(array, values.astype(dtype))
+                store.update_array_progress(dataset.name, adapter.model_id, "caption_emb", seconds=time.perf_counter() - start,
+                                            rows_per_s=len(captions) / max(time.perf_counter() - start, 1e-9))  # fmt: skip
+                log(f"  {adapter.model_id}: caption_emb {list(shape)} in {time.perf_counter() - start:.1f} s")
+        ranks.barrier()
+    return text_emb
+
+
+def _extract_dataset(store: Store, dataset, adapters, plan: Plan, runtime: Runtime, ranks: Ranks,
+                     report: ExtractionReport, log: Log, progress: bool) -> None:  # fmt: skip
+    settings = plan.settings
+    n = len(dataset)
+    log(f"{dataset.name}: {n} images, {len(dataset.classnames)} classes, {len(adapters)} model(s)")
+    jobs = []
+    for adapter in adapters:
+        job = _ModelJob(adapter, settings.dtype)
+        text_emb = _extract_text(store, dataset, adapter, plan, runtime, ranks, log) if adapter.kind == "clip" else None
+        fp, recorded = _settings_fingerprint(runtime, plan, adapter, kind="image", dtype=settings.dtype)
+        session = store.session() if ranks.is_main else contextlib.nullcontext()
+        with session:
+            _open_image_arrays(store, dataset, job, text_emb, fp, recorded, plan, runtime, ranks)
+        jobs.append(job)
+    ranks.barrier()
+    if not ranks.is_main:
+        for job in jobs:
+            job.image = store.arrays.open_array(store.array_path(dataset.name, job.model_id, "image_emb"))
+            if job.has_logits:
+                job.logits = store.arrays.open_array(store.array_path(dataset.name, job.model_id, "logits"))
+    _run_pass(store, dataset, jobs, plan, runtime, ranks, report, log, progress)
+
+
+def _open_image_arrays(store: Store, dataset, job: _ModelJob, text_emb, fp: str, recorded: dict, plan: Plan,
+                       runtime: Runtime, ranks: Ranks) -> None:  # fmt: skip
+    """image_emb and logits of one model: rank 0 creates (or checks and reopens) them; the other
+    ranks open them after the barrier."""
+    settings, adapter, n = plan.settings, job.adapter, len(dataset)
+    if ranks.is_main:
+        job.image = _open_array(store, ranks, dataset, adapter, "image_emb", (n, adapter.embed_dim), settings.dtype,
+                                settings.chunk_rows, fp, recorded, plan, runtime)  # fmt: skip
+    if adapter.kind == "classifier":
+        n_classes = adapter.num_classes
+    else:
+        n_classes = len(dataset.classnames) if text_emb is not None else None
+    if not n_classes:
+        return
+    default = store.prompt_set(dataset.name, "default") if adapter.kind == "clip" else None
+    fp, recorded = _settings_fingerprint(runtime, plan, adapter, kind="logits", dtype="float32",
+                                         image_dtype=settings.dtype, default_prompts=default)  # fmt: skip
+    job.has_logits = True
+    if ranks.is_main:
+        job.logits = _open_array(store, ranks, dataset, adapter, "logits", (n, n_classes), "float32",
+                                 settings.chunk_rows, fp, recorded, plan, runtime)  # fmt: skip
+    if adapter.kind == "clip":
+        job.classifier = torch.from_numpy(zeroshot_weights(text_emb, default).T.copy()).to(runtime.device)
+
+
+def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime: Runtime, ranks: Ranks,
+              report: ExtractionReport, log: Log, progress: bool) -> None:  # fmt: skip
+    """One pass over the dataset's missing chunks: read and decode each image once, feed every model."""
+    settings, n = plan.settings, len(dataset)
+    writer = ChunkWriter()
+    for job in jobs:
+        for array, name in ((job.image, "image_emb"), (job.logits, "logits")):
+            if array is not None:
+                job.done[name] = array.done_chunks()
+                job.assemblers.append((ChunkAssembler(array, writer.submit), name))
+        missing = {c for c in range(job.image.n_chunks) if any(c not in done for done in job.done.values())}
+        job.missing = {c for c in missing if ranks.owns(c)}
+    chunks = sorted(set().union(*(job.missing for job in jobs))) if jobs else []
+    tasks = batch_tasks(n, job.image.chunk_rows if jobs else settings.chunk_rows, settings.batch_size, chunks)
+    transforms = {}
+    for job in jobs:
+        if job.missing:
+            transforms.setdefault(job.adapter.preprocess, job.adapter.pil_transform)
+    rows_todo = sum(t.stop - t.start for t in tasks)
+    if not tasks:
+        log(f"{dataset.name}: every array is complete; nothing to do")
+    bar = _progress_bar(rows_todo, f"{dataset.name}", progress and ranks.is_main and rows_todo > 0)
+    pass_start = time.perf_counter()
+    try:
+        for batch in iterate_prepared(dataset, tasks, transforms, decode=runtime.decode, device=runtime.device,
+                                      workers=settings.workers, options=DecodeOptions(settings.pixel_limit)):  # fmt: skip
+            task = batch.task
+            for job in jobs:
+                if task.chunk not in job.missing:
+                    continue
+                pixels = batch.pixels[job.adapter.preprocess]
+                image, logits = job.encode(pixels) if len(batch.good_rows) else (None, None)
+                for assembler, name in job.assemblers:
+                    if task.chunk in job.done[name]:
+                        continue
+                    values = image if name == "image_emb" else logits
+                    assembler.add(task.chunk, task.start, task.stop, batch.good_rows, values, batch.bad)
+            bar.update(task.stop - task.start)
+    finally:
+        bar.close()
+        writer.close()
+    pass_seconds = time.perf_counter() - pass_start
+    report.images += rows_todo
+    ranks.barrier()
+    if ranks.is_main:
+        with store.session():
+            _finish_dataset(store, dataset, jobs, report, rows_todo, pass_seconds, log)
+
+
+def _finish_dataset(
+    store: Store, dataset, jobs, report: ExtractionReport, rows_todo: int, pass_seconds: float, log: Log
+) -> None:
+    bad: dict[int, str] = {}
+    for job in jobs:
+        for entries in job.image.marker_extras("bad").values():
+            bad.update((int(r), reason) for r, reason in entries)
+    keys = {s.row: s.key for s in dataset.samples} if bad else {}
+    store.record_bad_samples(dataset.name, [(r, keys.get(r), why) for r, why in sorted(bad.items())])
+    if bad:
+        report.bad_samples[dataset.name] = len(bad)
+        first = min(bad)
+        log(
+            f"{dataset.name}: {len(bad)} bad sample(s) recorded in bad_samples, e.g. row {first} ({keys.get(first)}): {bad[first]}"
+        )
+    for job in jobs:
+        per_s = job.rows_encoded / job.encode_seconds if job.encode_seconds else None
+        if per_s:
+            report.model_images_per_s[f"{job.model_id} on {dataset.name}"] = per_s
+        for array, name in ((job.image, "image_emb"), (job.logits, "logits")):
+            if array is None:
+                continue
+            info = store.update_array_progress(dataset.name, job.model_id, name,
+                                               seconds=job.encode_seconds if job.rows_encoded else None,
+                                               rows_per_s=per_s)  # fmt: skip
+            report.arrays.append(
+                ArrayReport(dataset.name, job.model_id, name, info.rows_total, info.rows_done, info.status)
+            )
+    if rows_todo:
+        log(
+            f"{dataset.name}: {rows_todo} images in {pass_seconds:.1f} s ({rows_todo / max(pass_seconds, 1e-9):.0f} img/s end to end)"
+        )
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, description: str, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="img", unit_scale=True, dynamic_ncols=True)

@@ -1,0 +1,194 @@
+"""The extractor: parity with open_clip/timm, decode-once, logits, bad samples, refusals."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from embedstore.errors import EmbedstoreError, FingerprintMismatch
+from embedstore.extract.plan import plan_from_args
+from embedstore.extract.runner import run_extraction, zeroshot_weights
+from embedstore.models import load_model
+from embedstore.sources import open_dataset, write_dataset
+from embedstore.store import Store
+
+CLIP = "openclip:embedstore-tiny@random"
+TIMM = "timm:test_vit@random"
+QUIET = {"log": lambda msg: None, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("folder")
+    write_dataset(open_dataset("shapes", "synthetic:shapes?n=24&seed=3"), str(root / "shapes"), layout="imagefolder")
+    return root / "shapes"
+
+
+def _extract(store, datasets, models=(CLIP, TIMM), **settings):
+    settings = {"workers": 0, "chunk_rows": 8, "batch_size": 4, "dtype": "float32", **settings}
+    return run_extraction(store, plan_from_args(list(models), list(datasets), **settings), **QUIET)
+
+
+def test_cpu_path_equals_open_clip_and_timm(store, image_folder):
+    _extract(store, [f"shapes=imagefolder:{image_folder}"])
+    clip = load_model(CLIP)
+    _, _, preprocess = open_clip.create_model_and_transforms("embedstore-tiny", pretrained=None)
+    table = store.sample_table("shapes")
+    images = [Image.open(image_folder / loc).convert("RGB") for loc in table["locator"]]
+    with torch.inference_mode():
+        expected = clip.module.encode_image(torch.stack([preprocess(im) for im in images])).numpy()
+    np.testing.assert_allclose(store.read_array("shapes", clip.model_id, "image_emb"), expected, rtol=1e-5, atol=1e-5)
+
+    tokenizer = open_clip.get_tokenizer("embedstore-tiny")
+    classnames = store.dataset_info("shapes")["classnames"]
+    templates = store.templates("shapes")
+    with torch.inference_mode():
+        text = clip.module.encode_text(tokenizer([templates[1].format(c=classnames[2])])).numpy()[0]
+    np.testing.assert_allclose(store.read_array("shapes", clip.model_id, "text_emb")[2, 1], text, rtol=1e-5, atol=1e-5)
+
+    timm_model = load_model(TIMM)
+    import timm.data
+
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(timm_model.module))
+    with torch.inference_mode():
+        logits = timm_model.module(torch.stack([transform(im) for im in images])).numpy()
+    np.testing.assert_allclose(store.read_array("shapes", timm_model.model_id, "logits"), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_stored_clip_logits_equal_logits_recomputed_from_the_store(store, image_folder):
+    _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], dtype="float16")
+    model = store.model_info("openclip:embedstore-tiny@random:0")
+    image = store.read_array("shapes", model["model_id"], "image_emb").astype(np.float32)
+    text = store.read_array("shapes", model["model_id"], "text_emb")
+    weights = zeroshot_weights(text, store.prompt_set("shapes", "default"))
+    recomputed = model["logit_scale"] * (image / np.linalg.norm(image, axis=1, keepdims=True)) @ weights.T
+    np.testing.assert_allclose(store.read_array("shapes", model["model_id"], "logits"), recomputed, rtol=1e-5, atol=1e-4)
+
+
+def test_each_file_is_opened_once_per_pass(store, image_folder):
+    opened: list[str] = []
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], str) and args[0].startswith(str(image_folder)):
+            opened.append(args[0])
+
+    sys.addaudithook(hook)
+    _extract(store, [f"shapes=imagefolder:{image_folder}"])
+    image_opens = [p for p in opened if Path(p).suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}]
+    assert len(image_opens) == 24, "two models, one pass: every image file opened exactly once"
+    assert len(set(image_opens)) == 24
+    opened.clear()
+    _extract(store, [f"shapes=imagefolder:{image_folder}"])  # complete: nothing is read again
+    assert [p for p in opened if Path(p).suffix.lower() in {".jpg", ".jpeg", ".png"}] == []
+
+
+def test_models_sharing_a_preprocess_config_share_one_transform(store, image_folder, monkeypatch):
+    from embedstore.extract import reader
+
+    seen = []
+    original = reader._CpuTasks.__init__
+
+    def spy(self, dataset, tasks, transforms, options):
+        seen.append(len(transforms))
+        original(self, dataset, tasks, transforms, options)
+
+    monkeypatch.setattr(reader._CpuTasks, "__init__", spy)
+    _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP, "openclip:embedstore-tiny@random:1"])
+    assert seen == [1]
+
+
+def _bad_folder(root: Path) -> Path:
+    """One class folder with every awkward kind of file."""
+    folder = root / "bad" / "square"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+
+    def save(name, image, fmt, **kw):
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **kw)
+        (folder / name).write_bytes(buffer.getvalue())
+
+    save("a_good.jpg", rgb, "JPEG")
+    save("b_cmyk.jpg", rgb.convert("CMYK"), "JPEG")
+    save("c_gray.png", rgb.convert("L"), "PNG")
+    save("d_alpha.png", rgb.convert("RGBA"), "PNG")
+    save("e_16bit.png", Image.fromarray((rng.integers(0, 65535, (30, 30))).astype(np.uint16)), "PNG")
+    save("f_big.png", Image.new("RGB", (300, 300)), "PNG")
+    good = io.BytesIO()
+    rgb.save(good, "JPEG")
+    (folder / "g_truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 3])
+    (folder / "h_empty.jpg").write_bytes(b"")
+    (folder / "i_text.jpg").write_bytes(b"this is not an image at all")
+    return root / "bad"
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_bad_samples_are_recorded_and_the_run_goes_on(store, tmp_path, decode):
+    folder = _bad_folder(tmp_path)
+    report = _extract(store, [f"bad=imagefolder:{folder}"], models=[CLIP], pixel_limit=200 * 200, decode=decode,
+                      device="cpu")  # fmt: skip
+    bad = store.query('SELECT s.locator, b.reason FROM bad_samples b JOIN samples s USING (dataset, "row") ORDER BY 1')
+    reasons = {Path(r["locator"]).name: r["reason"] for r in bad}
+    assert set(reasons) == {"f_big.png", "g_truncated.jpg", "h_empty.jpg", "i_text.jpg"}, reasons
+    assert "pixel limit" in reasons["f_big.png"] and ("zero-byte" in reasons["h_empty.jpg"] or "empty file" in reasons["h_empty.jpg"])
+    assert "truncated" in reasons["g_truncated.jpg"] or "corrupt" in reasons["g_truncated.jpg"]
+    assert "not an image" in reasons["i_text.jpg"]
+    assert report.bad_samples == {"bad": 4}
+    emb = store.read_array("bad", "openclip:embedstore-tiny@random:0", "image_emb")
+    rows = store.bad_rows("bad")
+    assert np.all(emb[rows] == 0) and np.all(np.abs(emb[np.setdiff1d(np.arange(9), rows)]).sum(axis=1) > 0)
+
+
+def test_gpu_decode_path_stays_close_to_the_cpu_path(tmp_path, image_folder):
+    cpu, gpu = Store.create(tmp_path / "cpu"), Store.create(tmp_path / "gpu")
+    _extract(cpu, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], decode="cpu")
+    _extract(gpu, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], decode="gpu", device="cpu")
+    a = cpu.read_array("shapes", "openclip:embedstore-tiny@random:0", "image_emb")
+    b = gpu.read_array("shapes", "openclip:embedstore-tiny@random:0", "image_emb")
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.98, cos.min()
+
+
+def test_changed_dataset_is_refused_with_the_reason(store, tmp_path, image_folder):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(image_folder, folder)
+    _extract(store, [f"shapes=imagefolder:{folder}"], models=[CLIP])
+    victim = sorted(folder.rglob("*.*"))[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    with pytest.raises(FingerprintMismatch, match="dataset shapes changed on disk"):
+        _extract(store, [f"shapes=imagefolder:{folder}"], models=[CLIP])
+
+
+def test_changed_weights_are_refused_with_the_reason(store, tmp_path, image_folder):
+    model = load_model(CLIP)
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(model.module.state_dict(), checkpoint)
+    _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[f"openclip:embedstore-tiny@{checkpoint}"])
+    torch.save(load_model("openclip:embedstore-tiny@random:5").module.state_dict(), checkpoint)
+    with pytest.raises(FingerprintMismatch, match="changed since"):
+        _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[f"openclip:embedstore-tiny@{checkpoint}"])
+
+
+def test_missing_root_and_weights_stop_before_any_work(store, tmp_path):
+    with pytest.raises(EmbedstoreError, match="nowhere"):
+        _extract(store, [f"x=imagefolder:{tmp_path / 'nowhere'}"])
+    with pytest.raises(EmbedstoreError, match="missing.pt"):
+        _extract(store, ["s=synthetic:shapes?n=8"], models=[f"openclip:embedstore-tiny@{tmp_path / 'missing.pt'}"])
+    assert store.list_arrays() == [] and store.query("SELECT * FROM datasets") == []
+
+
+def test_caption_dataset_writes_caption_embeddings(store):
+    _extract(store, ["caps=synthetic:shapes-captions?n=12&seed=0"], models=[CLIP])
+    captions = store.caption_table("caps")
+    emb = store.read_array("caps", "openclip:embedstore-tiny@random:0", "caption_emb")
+    assert emb.shape == (len(captions["text"]), 32) and len(captions["text"]) > 12
