@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import click
 
+from embedstore_cli.eval_zeroshot import zeroshot_command
+
 
 @click.group("eval")
 def eval_group() -> None:
     """Analyses from the cache (no encoder is loaded); results go to the catalog's `results`."""
 
 
-EVAL_COMMANDS: list[click.Command] = []
+EVAL_COMMANDS: list[click.Command] = [zeroshot_command]
 
 
 def register_eval_commands() -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import click
-from embedstore_cli.options import store_option, user_errors
 
 from embedstore.store import Store
 from embedstore.store.exchange import EXPORT_FORMATS, export_array, import_array
+from embedstore_cli.options import store_option, user_errors
 
 
 def _array_options(func):

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import click
-from embedstore_cli.options import print_table, store_option, user_errors
 
 from embedstore.extract.plan import COMPRESSIONS, DECODES, DTYPES, PRECISIONS, Plan, load_plan, plan_from_args
 from embedstore.extract.runner import run_extraction
 from embedstore.store import Store
+from embedstore_cli.options import print_table, store_option, user_errors
 
 
 @click.command("extract")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import click
+
+import embedstore
 from embedstore_cli.eval_commands import eval_group, register_eval_commands
 from embedstore_cli.exchange_commands import export_command, import_command
 from embedstore_cli.extract_command import extract_command
+from embedstore_cli.prompts_commands import prompts_group
 from embedstore_cli.store_commands import init_command, ls_command, rm_command, sql_command
-
-import embedstore
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,7 +19,9 @@ def cli() -> None:
     the cache (zero-shot, calibration, OOD, retrieval, effective robustness, ...)."""
 
 
-COMMANDS = [init_command, ls_command, sql_command, rm_command, export_command, import_command, extract_command]
+COMMANDS = [
+    init_command, ls_command, sql_command, rm_command, export_command, import_command, extract_command, prompts_group,
+]  # fmt: skip
 for command in COMMANDS:
     cli.add_command(command)
 register_eval_commands()

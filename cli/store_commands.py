@@ -7,9 +7,9 @@ import json
 import sys
 
 import click
-from embedstore_cli.options import json_option, print_json, print_table, store_option, user_errors
 
 from embedstore.store import Store
+from embedstore_cli.options import json_option, print_json, print_table, store_option, user_errors
 
 
 @click.command("init")

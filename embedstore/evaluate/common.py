@@ -53,6 +53,12 @@ def resolve_datasets(store: Store, patterns: Sequence[str]) -> list[str]:
     return _expand(patterns, known, "dataset", store)
 
 
+def named_explicitly(name: str, patterns: Sequence[str]) -> bool:
+    """True when ``name`` was asked for by its exact name rather than only matched by a glob: pairs
+    that do not fit an analysis are errors when named, and skipped when a glob swept them in."""
+    return name in patterns
+
+
 def model_kind(store: Store, model: str) -> str:
     return store.model_info(model)["kind"]
 
@@ -90,6 +96,19 @@ def labels_of(store: Store, dataset: str) -> np.ndarray:
     return store.sample_table(dataset)["label"]
 
 
+def read_finite(store: Store, dataset: str, model: str, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """An array's ``rows`` (all when None), refusing NaN or infinite entries with the dataset row holding one."""
+    values = (
+        store.read_array(dataset, model, name) if rows is None else store.read_array(dataset, model, name, rows=rows)
+    )
+    finite = np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        row = first if rows is None else int(np.asarray(rows)[first])
+        raise AnalysisError(f"{name} of model {model} on dataset {dataset}: row {row} holds NaN or infinite values")
+    return values
+
+
 def prompt_indices(store: Store, dataset: str, prompt_set: str | Sequence[int] | None) -> list[int]:
     if prompt_set is None:
         prompt_set = "default"
@@ -106,13 +125,9 @@ def clip_scores(
     info = store.model_info(model)
     if info["kind"] != "clip":
         raise AnalysisError(f"model {model} is a {info['kind']} model: zero-shot scores need a CLIP model")
-    text = store.read_array(dataset, model, "text_emb")
+    text = read_finite(store, dataset, model, "text_emb")
     weights = classifier_weights(text, prompt_indices(store, dataset, prompt_set))
-    image = (
-        store.read_array(dataset, model, "image_emb", rows=rows)
-        if rows is not None
-        else store.read_array(dataset, model, "image_emb")
-    )
+    image = read_finite(store, dataset, model, "image_emb", rows)
     cosines = zeroshot_cosines(image, weights)
     logits = float(info["logit_scale"]) * cosines
     if info["logit_bias"] is not None:
@@ -132,7 +147,7 @@ def eval_data(store: Store, model: str, dataset: str, prompt_set: str | None = "
     if model_kind(store, model) == "clip":
         logits, cosines = clip_scores(store, model, dataset, prompt_set, rows)
         return EvalData(model, dataset, rows, labels, logits, cosines, "zero-shot", prompt_set or "default", subset)
-    logits = store.read_array(dataset, model, "logits", rows=rows).astype(np.float32)
+    logits = read_finite(store, dataset, model, "logits", rows).astype(np.float32)
     if subset is not None:
         logits = logits[:, subset]
     elif logits.shape[1] != len(info["classnames"]):

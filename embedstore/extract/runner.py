@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 import embedstore
-from embedstore.errors import EmbedstoreError
+from embedstore.errors import EmbedstoreError, StoreError
 from embedstore.extract.decode import DecodeOptions
 from embedstore.extract.distributed import Ranks, ranks_from_env
+from embedstore.extract.lock import extraction_locks
 from embedstore.extract.plan import Plan
 from embedstore.extract.reader import batch_tasks, iterate_prepared
 from embedstore.extract.text import encode_class_templates, encode_texts
@@ -169,7 +170,8 @@ class _ModelJob:
 
 def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool = True) -> ExtractionReport:
     """Run a plan into a store. Everything a user can get wrong (a missing dataset root, unknown
-    model, missing weights, a changed dataset) fails here before any encoding starts."""
+    model, missing weights, a changed dataset, another extraction of the same dataset running)
+    fails here before any encoding starts, and a refused registration writes nothing."""
     from embedstore.models import load_model
     from embedstore.sources import open_dataset
 
@@ -179,28 +181,46 @@ def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool
     report = ExtractionReport(device=str(runtime.device), precision=runtime.precision, decode=runtime.decode)
     started = time.perf_counter()
 
-    datasets = [(d, open_dataset(d.name, d.source, **dict(d.options))) for d in plan.datasets]
-    adapters = []
-    for model_plan in plan.models:
-        adapter = load_model(model_plan.id, device=str(runtime.device), precision=runtime.precision)
-        if model_plan.metadata:
-            from embedstore.models import apply_overrides
+    with _dataset_locks(store, plan, ranks):
+        datasets = [(d, open_dataset(d.name, d.source, **dict(d.options))) for d in plan.datasets]
+        adapters = []
+        for model_plan in plan.models:
+            adapter = load_model(model_plan.id, device=str(runtime.device), precision=runtime.precision)
+            if model_plan.metadata:
+                from embedstore.models import apply_overrides
 
-            adapter.metadata = apply_overrides(adapter.metadata, dict(model_plan.metadata))
-        adapters.append(adapter)
+                adapter.metadata = apply_overrides(adapter.metadata, dict(model_plan.metadata))
+            adapters.append(adapter)
 
-    if ranks.is_main:
-        with store.session():
-            _register(store, adapters, datasets)
-    ranks.barrier()
+        if ranks.is_main:
+            with store.transaction():  # every model and dataset registered, or none
+                _register(store, adapters, datasets)
+        ranks.barrier()
 
-    for _, dataset in datasets:
-        _extract_dataset(store, dataset, adapters, plan, runtime, ranks, report, log, progress)
+        for _, dataset in datasets:
+            _extract_dataset(store, dataset, adapters, plan, runtime, ranks, report, log, progress)
 
     report.images = int(ranks.total(report.images))
     report.seconds = time.perf_counter() - started
     report.rank, report.world = ranks.rank, ranks.world
     return report
+
+
+@contextlib.contextmanager
+def _dataset_locks(store: Store, plan: Plan, ranks: Ranks) -> Iterator[None]:
+    """Rank 0 holds the plan's dataset locks (`embedstore.extract.lock`) for every rank; a refusal
+    is raised on every rank, so that none waits at a barrier rank 0 never reaches."""
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if ranks.is_main:
+            try:
+                held.enter_context(extraction_locks(store.path, [d.name for d in plan.datasets]))
+            except StoreError as exc:
+                refusal = str(exc)
+        refusal = ranks.broadcast(refusal)
+        if refusal is not None:
+            raise StoreError(refusal)
+        yield
 
 
 def _register(store: Store, adapters, datasets) -> None:
@@ -254,8 +274,9 @@ def _extract_text(
     text_emb = None
     if dataset.classnames:
         templates = store.templates(dataset.name)
-        fp, settings = _settings_fingerprint(runtime, plan, adapter, kind="text", dtype=dtype,
-                                             templates=hash_object(templates))  # fmt: skip
+        # The template list is not in the fingerprint: it only grows (`embedstore prompts add` appends
+        # templates and their embeddings) and the T axis of the shape is checked on reopening.
+        fp, settings = _settings_fingerprint(runtime, plan, adapter, kind="text", dtype=dtype)
         shape = (len(dataset.classnames), len(templates), adapter.embed_dim)
         if ranks.is_main:
             array = _open_array(
@@ -270,6 +291,8 @@ def _extract_text(
                 log(
                     f"  {adapter.model_id}: text_emb {list(shape)} ({shape[0] * shape[1]} prompts) in {time.perf_counter() - start:.1f} s"
                 )
+            else:  # already written; record it (a killed run may have written it unrecorded)
+                store.update_array_progress(dataset.name, adapter.model_id, "text_emb")
         ranks.barrier()
         text_emb = store.read_array(dataset.name, adapter.model_id, "text_emb")
     captions = [text for sample in dataset.samples for text in sample.captions]
@@ -298,6 +321,8 @@ def _extract_text(
                 store.update_array_progress(dataset.name, adapter.model_id, "caption_emb", seconds=time.perf_counter() - start,
                                             rows_per_s=len(captions) / max(time.perf_counter() - start, 1e-9))  # fmt: skip
                 log(f"  {adapter.model_id}: caption_emb {list(shape)} in {time.perf_counter() - start:.1f} s")
+            else:  # already written; record it (a killed run may have written it unrecorded)
+                store.update_array_progress(dataset.name, adapter.model_id, "caption_emb")
         ranks.barrier()
     return text_emb
 

@@ -13,8 +13,11 @@ applied, so the weights run with the activation they were trained with.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,12 +140,26 @@ def _tokenizer(model_name: str) -> Any:
     return open_clip.get_tokenizer(model_name)
 
 
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Silence open_clip's root-logger warning "No pretrained weights loaded ... initialized randomly":
+    random weights were asked for explicitly (``@random``) and are recorded as such in the metadata."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _build(spec: ModelId, located: _Located, tag_cfg: dict[str, Any]) -> torch.nn.Module:
     """open_clip.create_model in fp32 on the CPU, seeded, in eval mode."""
     force_preprocess = {k: tag_cfg[k] for k in _TAG_PREPROCESS_KEYS if k in tag_cfg}
     # an absolute path can never be mistaken for a pretrained tag by open_clip
     pretrained = str(located.checkpoint.resolve()) if located.checkpoint and not spec.hf_hub else None
-    with W.seeded_init(spec.random_seed or 0), library_errors(f"{spec}: open_clip could not build it"):
+    quiet = _quiet_random_init() if spec.random_seed is not None else contextlib.nullcontext()
+    with W.seeded_init(spec.random_seed or 0), library_errors(f"{spec}: open_clip could not build it"), quiet:
         model = open_clip.create_model(
             located.model_name,
             pretrained=pretrained,

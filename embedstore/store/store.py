@@ -31,6 +31,8 @@ from embedstore.store.catalog import CATALOG_FILE, SCHEMA_VERSION, Catalog
 from embedstore.store.fingerprint import canonical_json, describe_mismatch, hash_object
 
 ARRAYS_DIR = "arrays.zarr"
+#: The catalog's name while ``Store.create`` builds it; renamed to ``catalog.duckdb`` when complete.
+CATALOG_BUILDING = ".catalog-building.duckdb"
 DEFAULT_PROMPT_SET = "default"
 
 
@@ -90,18 +92,24 @@ class Store:
     @classmethod
     def create(cls, path: str | os.PathLike, *, arrays_url: str | None = None) -> Store:
         """Create an empty store at ``path``; arrays live in ``path/arrays.zarr`` unless ``arrays_url``
-        names another folder or an fsspec URL."""
+        names another folder or an fsspec URL, which must be empty (nothing there is ever deleted).
+        The catalog is built under a temporary name and renamed last, so a store exists whole or
+        not at all; creating it again after an interrupted creation finishes the job."""
         path = Path(path)
         if (path / CATALOG_FILE).exists():
             raise StoreError(f"{path} already holds a store")
-        if path.exists() and any(path.iterdir()):
+        building = path / CATALOG_BUILDING
+        interrupted = building.exists()  # an earlier create died before its rename
+        if path.exists() and not interrupted and any(path.iterdir()):
             raise StoreError(f"{path} exists and is not empty; choose a new folder for the store")
-        path.mkdir(parents=True, exist_ok=True)
         location = arrays_url or ARRAYS_DIR
         arrays = ZarrRoot(cls._arrays_location(path, location), readonly=False)
-        arrays.create_root()
-        catalog = Catalog(path / CATALOG_FILE, readonly=False, lock_timeout=_lock_timeout())
-        catalog.create_schema(
+        if set(arrays.entries()) - ({"zarr.json"} if interrupted else set()):
+            raise StoreError(f"arrays location {location} is not empty; give an empty folder or URL for the arrays")
+        path.mkdir(parents=True, exist_ok=True)
+        for leftover in (building, path / f"{CATALOG_BUILDING}.wal"):
+            leftover.unlink(missing_ok=True)
+        Catalog(building, readonly=False, lock_timeout=_lock_timeout()).create_schema(
             {
                 "store_id": uuid.uuid4().hex,
                 "created": _now().isoformat(),
@@ -109,7 +117,9 @@ class Store:
                 "embedstore_version": embedstore.__version__,
             }
         )
-        return cls(path, catalog, arrays)
+        arrays.create_root()
+        os.replace(building, path / CATALOG_FILE)
+        return cls(path, Catalog(path / CATALOG_FILE, readonly=False, lock_timeout=_lock_timeout()), arrays)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, readonly: bool = True) -> Store:
@@ -138,6 +148,11 @@ class Store:
         """``with store.session():`` reuses one catalog connection for a burst of calls (see
         ``Catalog.session``)."""
         return self.catalog.session()
+
+    def transaction(self):
+        """``with store.transaction():`` makes a burst of catalog writes one transaction: all of
+        them are committed, or none (see ``Catalog.transaction``)."""
+        return self.catalog.transaction()
 
     @property
     def readonly(self) -> bool:
@@ -399,14 +414,11 @@ class Store:
         fingerprints = {k: fingerprints[k] for k in ("dataset", "model", "settings")}
         path = self.array_path(dataset, model, name)
         info = self._array_row(dataset, model, name)
-        stored_fp = info.fingerprints if info else None
-        if stored_fp is None and self.arrays.exists(path):
-            stored_fp = dict(self.arrays.open_array(path).attrs.get("fingerprints", {}))
-        if stored_fp is not None:
-            problem = describe_mismatch(label, stored_fp, fingerprints)
+        if info is not None:
+            problem = describe_mismatch(label, info.fingerprints, fingerprints)
             if problem:
                 raise FingerprintMismatch(problem)
-            arr = self.arrays.open_array(path)
+            arr = self.arrays.open_array(info.path)
             if (
                 arr.shape != tuple(shape)
                 or str(arr.dtype) != dtype
@@ -419,6 +431,9 @@ class Store:
         elif not register:
             raise StoreError(f"array {label} has not been created by rank 0")
         else:
+            # Without a catalog row, whatever lies at ``path`` was left by a crash between creating
+            # the array and registering it (no chunk was written yet) or by an interrupted `rm`:
+            # it is replaced.
             attrs = {"fingerprints": dict(fingerprints), "settings": dict(settings or {}), "dataset": dataset,
                      "model": model, "name": name}  # fmt: skip
             arr = self.arrays.create_array(path, shape, dtype, chunk_rows, attrs, compression=compression)
@@ -435,6 +450,33 @@ class Store:
                     ],
                 )  # fmt: skip
         return arr
+
+    def rewrite_array(
+        self, dataset: str, model: str, name: str, data: np.ndarray, *, settings_update: Mapping[str, Any]
+    ) -> ArrayInfo:
+        """Replace a complete array by ``data`` (same dtype and chunking, any number of columns),
+        keeping its fingerprints; used to append templates to ``text_emb``. The new array is written
+        beside the old one and the catalog row is switched to it in one transaction, so a crash leaves
+        either the old or the new array, never a mix."""
+        info = self._require_array(dataset, model, name)
+        old = self.arrays.open_array(info.path)
+        if str(data.dtype) != info.dtype or data.shape[0] != info.rows_total:
+            raise StoreError(f"rewrite of {dataset}/{model}/{name} needs {info.rows_total} rows of {info.dtype}")
+        path = f"{self.array_path(dataset, model, name)}~{uuid.uuid4().hex[:8]}"
+        settings = {**info.settings, **settings_update}
+        attrs = {**old.attrs, "settings": settings}
+        new = self.arrays.create_array(path, data.shape, info.dtype, info.chunk_rows, attrs)
+        for chunk in range(new.n_chunks):
+            a, b = new.chunk_bounds(chunk)
+            new.write_chunk(chunk, data[a:b])
+        with self.catalog.write() as con:
+            con.execute(
+                "UPDATE arrays SET path = ?, shape = ?, settings = ?, rows_done = ?, status = 'complete', updated = ? "
+                "WHERE dataset = ? AND model = ? AND name = ?",
+                [path, canonical_json(list(data.shape)), canonical_json(settings), data.shape[0], _now(), dataset, model, name],
+            )
+        self.arrays.delete_array(info.path)
+        return self._require_array(dataset, model, name)
 
     def update_array_progress(
         self, dataset: str, model: str, name: str, *, seconds: float | None = None, rows_per_s: float | None = None
@@ -466,6 +508,14 @@ class Store:
     ) -> np.ndarray:
         """An array (or some of its rows) as numpy. An array whose extraction has not finished is
         refused unless ``allow_partial`` (its missing rows read as zeros)."""
+        return self._readable_array(dataset, model, name, allow_partial).read(rows)
+
+    def dask_array(self, dataset: str, model: str, name: str, *, allow_partial: bool = False) -> Any:
+        """An array as a lazy ``dask.array.Array`` (one block per chunk of rows) for analyses over
+        arrays larger than memory; refused while incomplete, as ``read_array``. Needs ``dask[array]``."""
+        return self._readable_array(dataset, model, name, allow_partial).to_dask()
+
+    def _readable_array(self, dataset: str, model: str, name: str, allow_partial: bool) -> StoreArray:
         info = self._require_array(dataset, model, name)
         arr = self.arrays.open_array(info.path)
         if not allow_partial and info.status != "complete":
@@ -475,7 +525,7 @@ class Store:
                     f"array {dataset}/{model}/{name} is incomplete ({done}/{info.rows_total} rows); "
                     f"finish its extraction first"
                 )
-        return arr.read(rows)
+        return arr
 
     def list_arrays(
         self, dataset: str | None = None, model: str | None = None, name: str | None = None

@@ -1,0 +1,166 @@
+"""Prompt experiments from the cache: per-template accuracy, prompt-set comparison, greedy selection,
+and adding templates (which encodes their text only, never an image).
+
+Results (analysis ``"prompts"``): ``acc1@template:<i>`` (each template alone), ``acc1@set:<name>`` (each
+prompt set's ensemble), and for a selection ``select_acc1@step:<k>`` / ``report_acc1@step:<k>`` with
+the chosen order in the parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedstore.analysis.prompts import (
+    evaluate_template_sets,
+    greedy_template_selection,
+    per_template_accuracy,
+    split_rows,
+    validate_templates,
+)
+from embedstore.errors import AnalysisError
+from embedstore.evaluate.common import labels_of, model_kind, resolve_datasets, resolve_models, usable_rows
+from embedstore.store import Store
+
+
+def _clip_arrays(store: Store, model: str, dataset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if model_kind(store, model) != "clip":
+        raise AnalysisError(f"model {model} is not a CLIP model: prompt experiments need text embeddings")
+    rows = usable_rows(store, dataset)
+    image = store.read_array(dataset, model, "image_emb", rows=rows)
+    text = store.read_array(dataset, model, "text_emb")
+    return rows, image, text, labels_of(store, dataset)[rows]
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    model: str
+    dataset: str
+    per_template: list[tuple[int, str, float]]  # (index, template, acc1)
+    per_set: dict[str, dict[str, float]]
+
+
+def run_ablation(store: Store, models: Sequence[str], datasets: Sequence[str]) -> list[AblationRow]:
+    """Each template alone and each prompt set's ensemble, for every CLIP model and dataset."""
+    out = []
+    for dataset in resolve_datasets(store, datasets):
+        templates = store.templates(dataset)
+        sets = store.prompt_sets(dataset)
+        for model in resolve_models(store, models):
+            if model_kind(store, model) != "clip":
+                continue
+            _, image, text, labels = _clip_arrays(store, model, dataset)
+            single = per_template_accuracy(image, text, labels)
+            by_set = {name: r.metrics() for name, r in evaluate_template_sets(image, text, labels, sets).items()}
+            metrics = [(f"acc1@template:{i}", float(a)) for i, a in enumerate(single)]
+            metrics += [(f"acc1@set:{name}", m["acc1"]) for name, m in by_set.items()]
+            store.put_results("prompts", metrics, params={"experiment": "ablation", "templates": templates, "sets": sets},
+                              model=model, dataset=dataset)  # fmt: skip
+            out.append(AblationRow(model, dataset, [(i, templates[i], float(a)) for i, a in enumerate(single)], by_set))
+    if not out:
+        raise AnalysisError("none of the chosen models is a CLIP model with text embeddings")
+    return out
+
+
+@dataclass(frozen=True)
+class SelectionRow:
+    model: str
+    dataset: str
+    order: list[int]
+    templates: list[str]
+    select_acc: list[float]
+    report_acc: list[float]
+    saved_as: str | None
+
+
+def run_selection(
+    store: Store, model: str, dataset: str, *, fraction: float = 0.5, seed: int = 0,
+    max_templates: int | None = None, save_as: str | None = None,
+) -> SelectionRow:  # fmt: skip
+    """Greedy forward selection of templates on a seeded ``fraction`` of the rows, reported on the rest
+    (OpenAI's procedure for its 7 ImageNet templates). ``save_as`` stores the best prefix on the
+    selection rows as a prompt set."""
+    (model,) = resolve_models(store, [model])[:1]
+    rows, image, text, labels = _clip_arrays(store, model, dataset)
+    select, report = split_rows(len(rows), fraction, seed)
+    result = greedy_template_selection(image, text, labels, select, report, max_templates=max_templates)
+    templates = store.templates(dataset)
+    best = int(np.argmax(result.select_acc)) + 1
+    if save_as:
+        store.add_prompt_set(dataset, save_as, [templates[i] for i in result.order[:best]])
+    params = {"experiment": "greedy-selection", "fraction": fraction, "seed": seed, "max_templates": max_templates,
+              "order": list(map(int, result.order)), "best_prefix": best, "saved_as": save_as}  # fmt: skip
+    metrics = [(f"select_acc1@step:{k + 1}", float(a)) for k, a in enumerate(result.select_acc)]
+    metrics += [(f"report_acc1@step:{k + 1}", float(a)) for k, a in enumerate(result.report_acc)]
+    store.put_results("prompts", metrics, params=params, model=model, dataset=dataset)
+    return SelectionRow(model, dataset, list(map(int, result.order)), [templates[i] for i in result.order],
+                        list(map(float, result.select_acc)), list(map(float, result.report_acc)), save_as)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AddedTemplates:
+    dataset: str
+    prompt_set: str
+    indices: list[int]
+    new_templates: list[str]
+    encoded_for: list[str]
+
+
+def add_templates(
+    store: Store, dataset: str, name: str, templates: Sequence[str], *, models: Sequence[str] | None = None,
+    device: str = "cpu", batch_size: int = 256, log: Callable[[str], None] = lambda _m: None,
+) -> AddedTemplates:  # fmt: skip
+    """Define prompt set ``name`` of ``dataset`` and encode the templates new to it for every CLIP model
+    that has ``text_emb`` on it (or ``models``): only the text tower runs, images are never touched.
+    A model whose weights differ from the stored fingerprint is refused."""
+    from embedstore.extract.text import encode_class_templates
+    from embedstore.models import load_model
+
+    templates = validate_templates(list(templates))
+    info = store.dataset_info(dataset)
+    before = store.templates(dataset)
+    new = [t for t in dict.fromkeys(templates) if t not in before]
+    with_text = [a.model for a in store.list_arrays(dataset=dataset, name="text_emb")]
+    chosen = resolve_models(store, models) if models else with_text
+    missing = [m for m in chosen if m not in with_text]
+    if missing:
+        raise AnalysisError(f"model {missing[0]} has no text_emb on dataset {dataset}: extract it first")
+    adapters = {}
+    for model in chosen:  # load (and check) every model before anything is written
+        adapter = load_model(model, device=device, precision="fp32")
+        if adapter.fingerprint != store.model_info(model)["fingerprint"]:
+            raise AnalysisError(f"the weights of {model} differ from the ones its arrays were extracted with")
+        adapters[model] = adapter
+    target = before + new  # the dataset's template list once the set is added
+    encoded = {}
+    for model, adapter in adapters.items():  # encode first: nothing changes if a model fails
+        old = store.read_array(dataset, model, "text_emb")
+        todo = target[old.shape[1] :]  # also finishes an add that was interrupted for this model
+        if todo:
+            encoded[model] = (
+                old,
+                todo,
+                encode_class_templates(adapter, info["classnames"], todo, batch_size).astype(old.dtype),
+            )
+    indices = store.add_prompt_set(dataset, name, templates)
+    for model, (old, todo, added) in encoded.items():
+        settings = store.list_arrays(dataset, model, "text_emb")[0].settings
+        history = list(settings.get("added_templates", [])) + [
+            {"from": old.shape[1], "to": old.shape[1] + len(todo), "precision": "fp32", "device": device}
+        ]
+        store.rewrite_array(dataset, model, "text_emb", np.concatenate([old, added], axis=1),
+                            settings_update={"added_templates": history})  # fmt: skip
+        log(f"{model}: encoded {len(todo)} new template(s) x {len(info['classnames'])} classes")
+    return AddedTemplates(dataset, name, indices, new, list(encoded))
+
+
+def prompt_set_table(store: Store, dataset: str) -> dict[str, list[str]]:
+    templates = store.templates(dataset)
+    return {name: [templates[i] for i in idx] for name, idx in store.prompt_sets(dataset).items()}
+
+
+def as_dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    return [dict(r.__dict__) for r in rows]

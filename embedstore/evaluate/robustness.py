@@ -1,0 +1,383 @@
+"""Effective robustness across models: accuracies from the store, a trend over a reference group.
+
+For an in-distribution dataset X and each shifted dataset Y, `run_robustness` fits
+``T(acc_Y) = a * T(acc_X) + b`` over a reference group of models and reports, for every selected
+model, ``ER = 100 * (acc_Y - T^-1(a * T(acc_X) + b))`` in percentage points (Taori et al. 2020;
+imagenet-testbed; the formulas and their conventions live in `embedstore.analysis.robustness`).
+
+Where the numbers come from (recorded with every result):
+
+- Accuracy is top-1 (acc1) on the dataset's usable labelled rows. It is read from the catalog when a
+  ``results`` row of analysis ``zeroshot``, metric ``acc1`` exists for the same model and dataset
+  (for CLIP models: with ``params.prompt_set`` equal to the prompt set asked for; the most recent
+  row wins); otherwise it is computed now from the cached arrays with
+  `embedstore.evaluate.common.eval_data` (CLIP: zero-shot under the prompt set; classifiers and
+  imported models: head logits). Each model's per-dataset rows say which (``acc1_id_source``,
+  ``acc1_shift_source``: ``results`` or ``computed``).
+- The reference group is a SQL boolean expression over the ``models`` table (e.g.
+  ``group_label = 'ImageNet classifier'``), evaluated as ``SELECT model_id FROM models WHERE (expr)``
+  on the store's read-only sandboxed connection; without one, the selected models are the reference.
+  Both the expression and the resolved model list are stored in the params.
+- Accuracies of exactly 0 or 1 are clipped to ``[clip_eps, 1 - clip_eps]`` inside T only (T is
+  infinite there); the measured accuracy enters ER unclipped.
+
+Results (analysis ``robustness``, ``dataset`` = the shifted dataset, ``params.id_dataset`` = X):
+per model ``effective_robustness`` (percentage points), ``acc1_id``, ``acc1_shift``,
+``predicted_acc1_shift`` (fractions) and, with a bootstrap, ``effective_robustness_ci_low/high``;
+per shifted dataset one row set with ``model`` NULL holding the line (``slope``, ``intercept``,
+``r2_transformed``, ``spearman``, ``n_reference_models``) and the per-group statistics of the
+selected models (``slope@group:G``, ``intercept@group:G``, ``r2@group:G``, ``spearman@group:G``,
+``n_models@group:G``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from embedstore.analysis.robustness import (
+    DEFAULT_CLIP_EPS,
+    DEFAULT_HUBER_EPSILON,
+    EFFECTIVE_ROBUSTNESS_UNIT,
+    MIN_MODELS_FOR_TREND,
+    REGRESSORS,
+    TRANSFORMS,
+    GroupStatistics,
+    LinearTrend,
+    TrendBand,
+    bootstrap_trend_band,
+    effective_robustness,
+    fit_linear_trend,
+    group_statistics,
+)
+from embedstore.analysis.zeroshot import acc1
+from embedstore.errors import AnalysisError, StoreError
+from embedstore.evaluate.common import eval_data, model_kind, resolve_datasets, resolve_models
+from embedstore.store import Store
+
+ANALYSIS = "robustness"
+DEFAULT_GROUP_BY = "group_label"
+NO_GROUP = "(none)"
+"""Group name of models whose ``--group-by`` column is NULL."""
+
+ACCURACY_FROM_RESULTS = "results"
+ACCURACY_COMPUTED = "computed"
+
+
+# -- reference groups and model attributes (shared with the factors runner) ----------------------------
+
+
+def check_model_filter(expression: str) -> str:
+    """The expression, stripped, if it is one SQL expression; else an `AnalysisError`.
+
+    Refused: an empty expression, ``;`` outside string literals, comments, and parentheses that do
+    not balance (which could close the ``WHERE (...)`` it is put in). Tokens come from DuckDB's own
+    tokenizer, so a ``;`` inside a quoted string is fine.
+    """
+    text = expression.strip()
+    if not text:
+        raise AnalysisError("reference: the model filter is empty; give a SQL condition such as \"kind = 'clip'\"")
+    tokens = duckdb.tokenize(text)
+    ends = [start for start, _ in tokens[1:]] + [len(text)]
+    depth = 0
+    for (start, kind), end in zip(tokens, ends):
+        if kind == duckdb.token_type.comment:
+            raise AnalysisError(f"reference: {text!r} contains a SQL comment; give a single condition")
+        if kind != duckdb.token_type.operator:
+            continue
+        for char in text[start:end]:
+            if char == ";":
+                raise AnalysisError(f"reference: {text!r} contains ';'; give a single condition, not statements")
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth < 0:
+                raise AnalysisError(f"reference: {text!r} closes a parenthesis it did not open")
+    if depth:
+        raise AnalysisError(f"reference: {text!r} leaves {depth} parenthesis(es) open")
+    return text
+
+
+def select_models_where(store: Store, expression: str) -> list[str]:
+    """Model ids of ``SELECT model_id FROM models WHERE (expression)``, sorted, run sandboxed and read-only.
+
+    The expression may use every column of ``models`` (kind, family, backbone, train_data, train_size,
+    fine_tuned, loss, group_label, params, ...) and DuckDB's JSON operators on ``metadata``.
+    """
+    condition = check_model_filter(expression)
+    try:
+        table = store.sql(f"SELECT model_id FROM models WHERE ({condition}\n) ORDER BY model_id")
+    except StoreError as exc:
+        raise AnalysisError(f"reference: {condition!r} is not a valid condition on the models table ({exc})") from None
+    return [str(model) for model in table.column("model_id").to_pylist()]
+
+
+def model_column_values(store: Store, models: Sequence[str], column: str) -> dict[str, Any]:
+    """``{model: value of column}`` from the ``models`` table; ``column`` must be one of its columns."""
+    columns = [row["column_name"] for row in store.query("SELECT column_name FROM (DESCRIBE models)")]
+    if column not in columns:
+        raise AnalysisError(f"group_by: {column!r} is not a column of the models table ({', '.join(columns)})")
+    rows = store.query(f'SELECT model_id, "{column}" AS value FROM models')
+    values = {row["model_id"]: row["value"] for row in rows}
+    return {model: values.get(model) for model in models}
+
+
+# -- accuracies ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeasuredAccuracy:
+    """Top-1 accuracy (fraction) of a model on a dataset and where it came from (`ACCURACY_FROM_RESULTS`
+    or `ACCURACY_COMPUTED`)."""
+
+    value: float
+    source: str
+
+
+def stored_zeroshot_acc1(store: Store, model: str, dataset: str, prompt_set: str | None) -> float | None:
+    """The most recent ``zeroshot``/``acc1`` result of (model, dataset) under ``prompt_set``, or None.
+
+    ``prompt_set`` is matched against ``params.prompt_set`` (None matches rows without one, as
+    classifiers' rows are)."""
+    rows = store.query(
+        "SELECT value, params FROM results WHERE analysis = 'zeroshot' AND metric = 'acc1' "
+        "AND model = ? AND dataset = ? AND value IS NOT NULL ORDER BY created DESC",
+        [model, dataset],
+    )
+    for row in rows:
+        params = json.loads(row["params"]) if isinstance(row["params"], str) else (row["params"] or {})
+        if params.get("prompt_set") == prompt_set:
+            return float(row["value"])
+    return None
+
+
+def measured_acc1(store: Store, model: str, dataset: str, prompt_set: str) -> MeasuredAccuracy:
+    """acc1 of a model on a dataset: a stored zero-shot result when there is one, else computed now."""
+    wanted = prompt_set if model_kind(store, model) == "clip" else None
+    stored = stored_zeroshot_acc1(store, model, dataset, wanted)
+    if stored is not None:
+        return MeasuredAccuracy(stored, ACCURACY_FROM_RESULTS)
+    data = eval_data(store, model, dataset, prompt_set)
+    return MeasuredAccuracy(acc1(data.logits, data.labels), ACCURACY_COMPUTED)
+
+
+class AccuracyTable:
+    """acc1 per (model, dataset), each measured once per run (see `measured_acc1`)."""
+
+    def __init__(self, store: Store, prompt_set: str):
+        self.store = store
+        self.prompt_set = prompt_set
+        self._cache: dict[tuple[str, str], MeasuredAccuracy] = {}
+
+    def get(self, model: str, dataset: str) -> MeasuredAccuracy:
+        key = (model, dataset)
+        if key not in self._cache:
+            self._cache[key] = measured_acc1(self.store, model, dataset, self.prompt_set)
+        return self._cache[key]
+
+    def values(self, models: Sequence[str], dataset: str) -> np.ndarray:
+        return np.array([self.get(model, dataset).value for model in models], dtype=np.float64)
+
+
+# -- the runner ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRobustness:
+    """One model on one shift. Accuracies are fractions; ER and its bootstrap interval percentage points."""
+
+    model: str
+    acc1_id: float
+    acc1_shift: float
+    predicted_acc1_shift: float
+    effective_robustness: float
+    in_reference: bool
+    acc1_id_source: str
+    acc1_shift_source: str
+    effective_robustness_ci_low: float | None = None
+    effective_robustness_ci_high: float | None = None
+
+
+@dataclass(frozen=True)
+class ShiftRobustness:
+    """The trend fitted for one shifted dataset, every selected model's ER, and per-group statistics."""
+
+    shifted: str
+    trend: LinearTrend
+    models: list[ModelRobustness]
+    groups: dict[Hashable, GroupStatistics]
+    band: TrendBand | None = None
+
+
+@dataclass(frozen=True)
+class RobustnessReport:
+    id_dataset: str
+    reference: str | None
+    reference_models: list[str]
+    group_by: str
+    params: dict[str, Any]
+    shifts: list[ShiftRobustness] = field(default_factory=list)
+
+
+def run_robustness(
+    store: Store,
+    models: Sequence[str],
+    id_dataset: str,
+    shifted: Sequence[str],
+    *,
+    reference: str | None = None,
+    transform: str = "probit",
+    regressor: str = "huber",
+    prompt_set: str = "default",
+    group_by: str = DEFAULT_GROUP_BY,
+    bootstrap: int = 0,
+    seed: int = 0,
+    level: float = 0.95,
+    clip_eps: float = DEFAULT_CLIP_EPS,
+) -> RobustnessReport:
+    """Effective robustness of the selected models (ids or globs) on each shifted dataset (names or globs).
+
+    The line of each shift is fitted over the ``reference`` models (a condition on ``models``;
+    default: the selected models) with `transform` (probit|logit) and `regressor` (huber|ols).
+    ``bootstrap > 0`` adds a pointwise ``level`` band from that many resamples of the reference
+    models (seeded). Results are written to the catalog (see the module doc) and returned.
+    """
+    if transform not in TRANSFORMS:
+        raise AnalysisError(f"transform: {transform!r} is not one of {', '.join(TRANSFORMS)}")
+    if regressor not in REGRESSORS:
+        raise AnalysisError(f"regressor: {regressor!r} is not one of {', '.join(REGRESSORS)}")
+    if bootstrap < 0:
+        raise AnalysisError(f"bootstrap: the number of resamples must be 0 (none) or positive, got {bootstrap}")
+    selected = resolve_models(store, models)
+    store.dataset_info(id_dataset)
+    shifted_names = resolve_datasets(store, shifted)
+    if id_dataset in shifted_names:
+        raise AnalysisError(f"shifted: {id_dataset} is the in-distribution dataset; name datasets under shift")
+    reference_models = selected if reference is None else select_models_where(store, reference)
+    if len(reference_models) < MIN_MODELS_FOR_TREND:
+        if reference is not None:
+            raise AnalysisError(
+                f"reference: {reference!r} selects {len(reference_models)} model(s); an effective-robustness "
+                f"line needs at least {MIN_MODELS_FOR_TREND}"
+            )
+        raise AnalysisError(
+            f"models: {len(selected)} model(s) selected and no reference condition, so they are the reference "
+            f"group; an effective-robustness line needs at least {MIN_MODELS_FOR_TREND}"
+        )
+    groups = model_column_values(store, selected, group_by)
+    group_labels = [NO_GROUP if groups[m] is None else str(groups[m]) for m in selected]
+
+    params: dict[str, Any] = {
+        "id_dataset": id_dataset,
+        "metric": "acc1",
+        "prompt_set": prompt_set,
+        "transform": transform,
+        "regressor": regressor,
+        "clip_eps": clip_eps,
+        "huber_epsilon": DEFAULT_HUBER_EPSILON if regressor == "huber" else None,
+        "reference": reference,
+        "reference_models": sorted(reference_models),
+        "bootstrap": bootstrap,
+        "bootstrap_seed": seed if bootstrap else None,
+        "bootstrap_level": level if bootstrap else None,
+        "unit": EFFECTIVE_ROBUSTNESS_UNIT,
+    }
+    accuracies = AccuracyTable(store, prompt_set)
+    report = RobustnessReport(id_dataset, reference, sorted(reference_models), group_by, params)
+    for dataset in shifted_names:
+        shift = _one_shift(accuracies, selected, reference_models, id_dataset, dataset, group_labels, params)
+        _write_shift(store, shift, params, {"models": sorted(selected), "group_by": group_by})
+        report.shifts.append(shift)
+    return report
+
+
+def _one_shift(
+    accuracies: AccuracyTable,
+    selected: list[str],
+    reference_models: list[str],
+    id_dataset: str,
+    dataset: str,
+    group_labels: list[str],
+    params: dict[str, Any],
+) -> ShiftRobustness:
+    transform, regressor, eps = params["transform"], params["regressor"], params["clip_eps"]
+    ref_x = accuracies.values(reference_models, id_dataset)
+    ref_y = accuracies.values(reference_models, dataset)
+    trend = fit_linear_trend(ref_x, ref_y, transform, regressor, eps=eps)
+    acc_x = accuracies.values(selected, id_dataset)
+    acc_y = accuracies.values(selected, dataset)
+    predicted = trend.predict(acc_x)
+    er = effective_robustness(trend, acc_x, acc_y)
+    band = None
+    if params["bootstrap"]:
+        band = bootstrap_trend_band(
+            ref_x, ref_y, acc_x, params["bootstrap"], params["bootstrap_seed"], params["bootstrap_level"],
+            transform=transform, regressor=regressor, eps=eps,
+        )  # fmt: skip
+    reference_set = set(reference_models)
+    rows = []
+    for i, model in enumerate(selected):
+        ci_low = ci_high = None
+        if band is not None:  # a higher predicted line means a lower ER
+            ci_low = float(100.0 * (acc_y[i] - band.upper[i]))
+            ci_high = float(100.0 * (acc_y[i] - band.lower[i]))
+        rows.append(
+            ModelRobustness(
+                model=model,
+                acc1_id=float(acc_x[i]),
+                acc1_shift=float(acc_y[i]),
+                predicted_acc1_shift=float(predicted[i]),
+                effective_robustness=float(er[i]),
+                in_reference=model in reference_set,
+                acc1_id_source=accuracies.get(model, id_dataset).source,
+                acc1_shift_source=accuracies.get(model, dataset).source,
+                effective_robustness_ci_low=ci_low,
+                effective_robustness_ci_high=ci_high,
+            )
+        )
+    stats = group_statistics(acc_x, acc_y, group_labels, transform, regressor, eps=eps)
+    return ShiftRobustness(dataset, trend, rows, stats, band)
+
+
+def _write_shift(store: Store, shift: ShiftRobustness, params: dict[str, Any], summary_params: dict[str, Any]) -> None:
+    for row in shift.models:
+        metrics: list[tuple[str, Any]] = [
+            ("effective_robustness", row.effective_robustness),
+            ("acc1_id", row.acc1_id),
+            ("acc1_shift", row.acc1_shift),
+            ("predicted_acc1_shift", row.predicted_acc1_shift),
+            ("acc1_id_source", row.acc1_id_source),
+            ("acc1_shift_source", row.acc1_shift_source),
+        ]
+        if row.effective_robustness_ci_low is not None:
+            metrics += [
+                ("effective_robustness_ci_low", row.effective_robustness_ci_low),
+                ("effective_robustness_ci_high", row.effective_robustness_ci_high),
+            ]
+        store.put_results(ANALYSIS, metrics, params=params, model=row.model, dataset=shift.shifted)
+    trend = shift.trend
+    summary: list[tuple[str, Any]] = [
+        ("slope", trend.a),
+        ("intercept", trend.b),
+        ("r2_transformed", _finite_or_none(trend.r2)),
+        ("spearman", _finite_or_none(trend.spearman)),
+        ("n_reference_models", trend.n),
+    ]
+    for label, group in shift.groups.items():
+        summary += [
+            (f"slope@group:{label}", _finite_or_none(group.slope)),
+            (f"intercept@group:{label}", _finite_or_none(group.intercept)),
+            (f"r2@group:{label}", _finite_or_none(group.r2)),
+            (f"spearman@group:{label}", _finite_or_none(group.spearman)),
+            (f"n_models@group:{label}", group.n),
+        ]
+    store.put_results(ANALYSIS, summary, params={**params, **summary_params}, model=None, dataset=shift.shifted)
+
+
+def _finite_or_none(value: float) -> float | None:
+    """NaN statistics (a group too small to fit, constant accuracies) are stored as NULL."""
+    return None if math.isnan(value) else value

@@ -1,0 +1,126 @@
+"""Zero-shot accuracy from the cache: any prompt set, any template subset, class-subset datasets.
+
+CLIP models: the classifier ``w_c = normalize(mean_{t in S} normalize(e_{c,t}))`` is built from the
+cached ``text_emb`` for the chosen templates S and images are scored block by block
+(``embedstore.analysis.zeroshot``). Classifiers: their cached head logits, sliced to the dataset's class
+subset. Rows in ``bad_samples`` are left out. Results: ``acc1``, ``acc5`` (NaN with fewer than 5
+classes), ``mean_per_class_recall`` (balanced accuracy, CLIP_benchmark's definition) and ``n``;
+optionally ``acc1@class:<j>`` per class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedstore.analysis.zeroshot import ZeroShotResult, evaluate_logits, evaluate_zeroshot
+from embedstore.errors import AnalysisError
+from embedstore.evaluate.common import (
+    labels_of,
+    model_kind,
+    named_explicitly,
+    prompt_indices,
+    resolve_datasets,
+    resolve_models,
+    usable_rows,
+)
+from embedstore.store import Store
+
+
+@dataclass(frozen=True)
+class ZeroShotRow:
+    model: str
+    dataset: str
+    prompt_set: str | None
+    result: ZeroShotResult
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "prompts": self.prompt_set or "-",
+            **self.result.metrics(),
+        }
+
+
+def zeroshot_result(store: Store, model: str, dataset: str, templates: Sequence[int] | None = None) -> ZeroShotResult:
+    """Metrics of one model on one dataset's usable rows (``templates``: indices, default = the
+    ``default`` prompt set; ignored for classifiers)."""
+    info = store.dataset_info(dataset)
+    rows = usable_rows(store, dataset)
+    labels = labels_of(store, dataset)[rows]
+    if model_kind(store, model) == "clip":
+        image = store.read_array(dataset, model, "image_emb", rows=rows)
+        text = store.read_array(dataset, model, "text_emb")
+        indices = list(templates) if templates is not None else prompt_indices(store, dataset, "default")
+        return evaluate_zeroshot(image, text, labels, template_indices=indices)
+    logits = store.read_array(dataset, model, "logits", rows=rows)
+    if info["class_subset"] is None and logits.shape[1] != len(info["classnames"]):
+        raise AnalysisError(
+            f"classifier {model} has {logits.shape[1]} outputs but dataset {dataset} has {len(info['classnames'])} "
+            f"classes and declares no class subset: its head cannot be scored on this dataset"
+        )
+    return evaluate_logits(logits, labels, class_subset=info["class_subset"])
+
+
+def _head_fits(store: Store, model: str, dataset: str) -> bool:
+    info = store.dataset_info(dataset)
+    arrays = store.list_arrays(dataset, model, "logits")
+    return bool(arrays) and (info["class_subset"] is not None or arrays[0].shape[1] == len(info["classnames"]))
+
+
+def run_zeroshot(
+    store: Store,
+    models: Sequence[str],
+    datasets: Sequence[str],
+    *,
+    prompt_set: str = "default",
+    templates: Sequence[int] | None = None,
+    per_class: bool = False,
+) -> list[ZeroShotRow]:
+    """Evaluate every (model, dataset) pair (ids or glob patterns) and record the results.
+
+    ``templates`` (explicit template indices) overrides ``prompt_set``. Pairs whose arrays do not
+    exist are errors naming the missing array."""
+    rows = []
+    for dataset in resolve_datasets(store, datasets):
+        info = store.dataset_info(dataset)
+        if not info["classnames"]:
+            if named_explicitly(dataset, datasets):
+                raise AnalysisError(
+                    f"dataset {dataset} has no classes (a {info['task']} dataset): zero-shot classification needs classes"
+                )
+            continue
+        if not len(usable_rows(store, dataset)):
+            if named_explicitly(dataset, datasets):
+                raise AnalysisError(
+                    f"dataset {dataset} has no labelled, decodable rows (an OOD set?): nothing to score"
+                )
+            continue
+        for model in resolve_models(store, models):
+            clip = model_kind(store, model) == "clip"
+            if not clip and not named_explicitly(model, models) and not _head_fits(store, model, dataset):
+                continue
+            indices = (
+                (list(templates) if templates is not None else store.prompt_set(dataset, prompt_set)) if clip else None
+            )
+            result = zeroshot_result(store, model, dataset, indices)
+            label = (prompt_set if templates is None else "custom") if clip else None
+            params = {
+                "logits": "zero-shot" if clip else "classifier head",
+                "prompt_set": label,
+                "templates": indices,
+                "class_subset": store.dataset_info(dataset)["class_subset"] is not None,
+                "rows": "all decodable labelled rows",
+            }
+            metrics: list[tuple[str, Any]] = list(result.metrics().items())
+            if per_class:
+                metrics += [
+                    (f"acc1@class:{j}", float(a)) for j, a in enumerate(result.per_class_accuracy) if np.isfinite(a)
+                ]
+            store.put_results("zeroshot", metrics, params=params, model=model, dataset=dataset)
+            rows.append(ZeroShotRow(model, dataset, label, result))
+    return rows
