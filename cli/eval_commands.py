@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from embedstore_cli.eval_calibration import calibration_command
+from embedstore_cli.eval_ood import ood_command
 from embedstore_cli.eval_zeroshot import zeroshot_command
 
 
@@ -13,7 +15,7 @@ def eval_group() -> None:
     """Analyses from the cache (no encoder is loaded); results go to the catalog's `results`."""
 
 
-EVAL_COMMANDS: list[click.Command] = [zeroshot_command]
+EVAL_COMMANDS: list[click.Command] = [zeroshot_command, calibration_command, ood_command]
 
 
 def register_eval_commands() -> None:

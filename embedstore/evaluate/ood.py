@@ -26,7 +26,8 @@ depend on it. It is stored in every result's params.
 
 Results (analysis ``"ood"``, dataset = the ID dataset, one set per (model, score)):
 ``auroc@ood:<D>``, ``aupr_in@ood:<D>``, ``aupr_out@ood:<D>``, ``fpr95@ood:<D>``, ``n_ood@ood:<D>`` per
-OOD set D; ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95`` as the unweighted mean over the sets; ``n_id``.
+OOD set D; ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95`` as the unweighted mean over the sets; ``n_id``
+(ID rows scored) and, for knn / mahalanobis, ``n_bank`` (bank rows; labelled ones for mahalanobis).
 Params: score, positive, the sorted OOD set list, and the choices that score depends on (prompt set,
 logits source, temperature, k, bank, split, seed, kNN backend, shrinkage).
 """
@@ -44,6 +45,7 @@ from embedstore.analysis.calibration import split_calibration_rows
 from embedstore.analysis.ood import (
     MEAN_KEY,
     OODMetrics,
+    Positive,
     energy,
     entropy_score,
     evaluate_ood,
@@ -87,7 +89,7 @@ KNN_BACKEND = "faiss" if faiss is not None else "numpy"
 class OODSettings:
     """Every choice of one OOD evaluation besides the models and datasets."""
 
-    positive: str = "id"
+    positive: Positive = "id"
     prompt_set: str = "default"
     k: int = DEFAULT_K
     bank: str | None = None
@@ -110,7 +112,7 @@ class OODRun:
     model: str
     id_dataset: str
     score: str
-    positive: str
+    positive: Positive
     metrics: dict[str, OODMetrics]
     n_id: int
     n_ood: dict[str, int]
@@ -152,9 +154,10 @@ def run_ood(
     """Score ``id_dataset`` against every OOD dataset (names or globs) for every model (ids or globs)
     and every score, and record one result set per (model, score).
 
-    Everything is checked before anything is computed or written: unknown scores, MCM on a
-    classifier, arrays not extracted, embedding widths that disagree, a bank that is also the ID or
-    an OOD dataset."""
+    Checked before any array is read: unknown scores, MCM on a model named exactly that is not CLIP,
+    arrays not extracted, embedding widths that disagree, a bank that is also the ID or an OOD
+    dataset. ``k`` against the bank size and the split fraction are checked when the bank is drawn.
+    Results are written only once every (model, score) has been computed, so a failure writes nothing."""
     settings = settings or OODSettings()
     score_names = _check_scores(scores)
     with store.session():
