@@ -10,6 +10,13 @@ os.environ.setdefault("EMBEDSTORE_LOCK_TIMEOUT", "20")
 
 import pytest  # noqa: E402
 
+try:  # FAISS's OpenMP threads oversubscribe a small CI box; tests search tiny galleries
+    import faiss  # noqa: E402
+
+    faiss.omp_set_num_threads(1)
+except ImportError:
+    pass
+
 from embedstore.store import Store  # noqa: E402
 
 FINGERPRINTS = {"dataset": "d" * 64, "model": "m" * 64, "settings": "s" * 64}
