@@ -9,6 +9,7 @@ from embedstore_cli.eval_commands import eval_group, register_eval_commands
 from embedstore_cli.exchange_commands import export_command, import_command
 from embedstore_cli.extract_command import extract_command
 from embedstore_cli.prompts_commands import prompts_group
+from embedstore_cli.report_commands import plot_command, report_command
 from embedstore_cli.store_commands import init_command, ls_command, rm_command, sql_command
 
 
@@ -21,6 +22,7 @@ def cli() -> None:
 
 COMMANDS = [
     init_command, ls_command, sql_command, rm_command, export_command, import_command, extract_command, prompts_group,
+    report_command, plot_command,
 ]  # fmt: skip
 for command in COMMANDS:
     cli.add_command(command)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import click
-from embedstore_cli.options import store_option, user_errors
 
 from embedstore.report.data import ReportData, ReportSelection
 from embedstore.report.html import write_report
 from embedstore.report.kinds import FIGURE_KINDS, figure_format, render, save_figure
 from embedstore.store import Store
+from embedstore_cli.options import store_option, user_errors
 
 
 def selection_options(func: Callable) -> Callable:
