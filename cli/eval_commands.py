@@ -6,7 +6,11 @@ from __future__ import annotations
 import click
 
 from embedstore_cli.eval_calibration import calibration_command
+from embedstore_cli.eval_factors import factors_command
 from embedstore_cli.eval_ood import ood_command
+from embedstore_cli.eval_probe import probe_command
+from embedstore_cli.eval_robustness import robustness_command
+from embedstore_cli.eval_shape_bias import shape_bias_command
 from embedstore_cli.eval_zeroshot import zeroshot_command
 
 
@@ -15,7 +19,10 @@ def eval_group() -> None:
     """Analyses from the cache (no encoder is loaded); results go to the catalog's `results`."""
 
 
-EVAL_COMMANDS: list[click.Command] = [zeroshot_command, calibration_command, ood_command]
+EVAL_COMMANDS: list[click.Command] = [
+    zeroshot_command, calibration_command, ood_command,
+    robustness_command, factors_command, shape_bias_command, probe_command,
+]  # fmt: skip
 
 
 def register_eval_commands() -> None:

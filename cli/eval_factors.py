@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from embedstore_cli.options import json_option, models_option, print_json, print_table, store_option, user_errors
 
 from embedstore.analysis.factors import ANNOTATION_MODES, IMAGENET_X_FACTORS, STUDY_DEFAULT_FACTORS
 from embedstore.analysis.robustness import REGRESSORS, TRANSFORMS
 from embedstore.evaluate.factors import FactorReport, run_factors
 from embedstore.store import Store
+from embedstore_cli.options import json_option, models_option, print_json, print_table, store_option, user_errors
 
 FACTOR_SETS = {"study": STUDY_DEFAULT_FACTORS, "all": IMAGENET_X_FACTORS}
 
@@ -50,6 +50,8 @@ def factors_command(store_path: str, models: tuple[str, ...], dataset: str, fact
     Results go to the catalog (analysis 'factors')."""
     store = Store.open(store_path, readonly=False)
     report = run_factors(store, models, dataset, factors=_factor_list(factor_text), **options)
+    for model, reason in report.skipped.items():
+        click.echo(f"skipped {model}: {reason}", err=True)
     if as_json:
         print_json(_as_json(report))
         return
@@ -90,4 +92,4 @@ def _as_json(report: FactorReport) -> dict[str, Any]:
         models.append(entry)
     trends = {} if report.robustness is None else {f: t.params() for f, t in report.robustness.trends.items()}
     return {"dataset": report.dataset, "params": report.params, "models": models, "trends": trends,
-            "note": report.robustness_note}  # fmt: skip
+            "note": report.robustness_note, "skipped": report.skipped}  # fmt: skip

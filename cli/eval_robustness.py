@@ -44,10 +44,12 @@ def robustness_command(store_path: str, models: tuple[str, ...], id_dataset: str
     accuracies of 0 and 1 to [1e-4, 1 - 1e-4]. Results go to the catalog (analysis 'robustness')."""
     store = Store.open(store_path, readonly=False)
     report = run_robustness(store, models, id_dataset, shifted, **options)
+    for model, reason in report.skipped.items():
+        click.echo(f"skipped {model}: {reason}", err=True)
     if as_json:
         print_json(_as_json(report))
         return
-    bootstrap = bool(report.params["bootstrap"])
+    bootstrap = report.settings.bootstrap > 0
     for shift in report.shifts:
         trend = shift.trend
         click.echo(
@@ -67,7 +69,7 @@ def robustness_command(store_path: str, models: tuple[str, ...], id_dataset: str
             rows.append(row)
         print_table(columns, rows)
         click.echo()
-        print_table([report.group_by, "models", "slope", "r2_transformed", "spearman"],
+        print_table([report.settings.group_by, "models", "slope", "r2_transformed", "spearman"],
                     [[g.group, g.n, g.slope, g.r2, g.spearman] for g in shift.groups.values()])  # fmt: skip
         click.echo()
 
@@ -76,6 +78,7 @@ def _as_json(report: RobustnessReport) -> dict[str, Any]:
     return {
         "id_dataset": report.id_dataset,
         "params": report.params,
+        "skipped": report.skipped,
         "shifts": [
             {
                 "shifted": shift.shifted,

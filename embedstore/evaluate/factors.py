@@ -48,6 +48,7 @@ from embedstore.analysis.factors import (
     factor_accuracy,
     factor_annotations_from_strings,
     factor_effective_robustness,
+    normalize_factor_name,
 )
 from embedstore.analysis.robustness import (
     DEFAULT_CLIP_EPS,
@@ -57,12 +58,56 @@ from embedstore.analysis.robustness import (
 )
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import eval_data, resolve_models
-from embedstore.evaluate.robustness import select_models_where
+from embedstore.evaluate.robustness import drop_unscorable, head_fits, select_models_where
 from embedstore.store import Store
 
 ANALYSIS = "factors"
 PROTOTYPE_ANNOTATION = "prototype"
 _TRUE_FLAGS = {"1", "true", "yes"}
+
+
+@dataclass(frozen=True)
+class FactorSettings:
+    """Every choice of a factor run (see `run_factors`); factor names are normalised and checked."""
+
+    mode: str = "top"
+    factors: tuple[str, ...] = STUDY_DEFAULT_FACTORS
+    keep_prototypes: bool = False
+    prompt_set: str = "default"
+    reference: str | None = None
+    transform: str = "probit"
+    regressor: str = "huber"
+    clip_eps: float = DEFAULT_CLIP_EPS
+
+    def __post_init__(self) -> None:
+        if self.mode not in ANNOTATION_MODES:
+            raise AnalysisError(f"mode: {self.mode!r} is not one of {', '.join(ANNOTATION_MODES)}")
+        names = tuple(normalize_factor_name(name) for name in self.factors)
+        unknown = [name for name in names if name not in IMAGENET_X_FACTORS]
+        if not names:
+            raise AnalysisError("factors: no factor given")
+        if unknown:
+            raise AnalysisError(
+                f"factors: unknown ImageNet-X factor(s) {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(IMAGENET_X_FACTORS)})"
+            )
+        object.__setattr__(self, "factors", names)
+
+    def params(self, reference_models: Sequence[str]) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "factors": list(self.factors),
+            "prototypes": "keep" if self.keep_prototypes else "drop",
+            "prompt_set": self.prompt_set,
+            "correct": "top-1 == label",
+            "transform": self.transform,
+            "regressor": self.regressor,
+            "clip_eps": self.clip_eps,
+            "huber_epsilon": DEFAULT_HUBER_EPSILON if self.regressor == "huber" else None,
+            "reference": self.reference,
+            "reference_models": sorted(reference_models),
+            "unit": EFFECTIVE_ROBUSTNESS_UNIT,
+        }
 
 
 @dataclass(frozen=True)
@@ -73,7 +118,7 @@ class FactorReport:
     reference models that were not selected); ``robustness_note`` says why it is None when it is."""
 
     dataset: str
-    mode: str
+    settings: FactorSettings
     models: list[str]
     tables: dict[str, FactorAccuracyTable]
     robustness: FactorRobustness | None
@@ -81,6 +126,32 @@ class FactorReport:
     reference_models: list[str]
     robustness_note: str | None
     params: dict[str, Any]
+    skipped: dict[str, str]
+    """Models matched by a glob or the reference condition but left out, with the reason."""
+
+
+@dataclass(frozen=True)
+class DatasetFactors:
+    """A dataset's factor annotation strings (``{row: "f1,f2"}``) and prototype flags (``{row: bool}``)."""
+
+    dataset: str
+    n_samples: int
+    annotations: dict[int, str]
+    prototypes: dict[int, bool]
+
+    @classmethod
+    def read(cls, store: Store, dataset: str, mode: str) -> DatasetFactors:
+        n_samples = int(store.dataset_info(dataset)["n_samples"])
+        annotations = store.annotations(dataset, mode).get(mode, {})
+        if not annotations:
+            have = ", ".join(sorted(store.annotations(dataset))) or "none"
+            raise AnalysisError(
+                f"dataset {dataset} has no {mode!r} factor annotations (it has: {have}); register an ImageNet "
+                f"dataset with imagenet_x=package|DIR, or use a dataset such as synthetic:shapes-x"
+            )
+        flags = store.annotations(dataset, PROTOTYPE_ANNOTATION).get(PROTOTYPE_ANNOTATION, {})
+        prototypes = {row: str(value).strip().lower() in _TRUE_FLAGS for row, value in flags.items()}
+        return cls(dataset, n_samples, annotations, prototypes)
 
 
 def run_factors(
@@ -89,7 +160,7 @@ def run_factors(
     dataset: str,
     *,
     mode: str = "top",
-    factors: Sequence[str] | None = STUDY_DEFAULT_FACTORS,
+    factors: Sequence[str] = STUDY_DEFAULT_FACTORS,
     keep_prototypes: bool = False,
     prompt_set: str = "default",
     reference: str | None = None,
@@ -99,105 +170,90 @@ def run_factors(
 ) -> FactorReport:
     """Per-factor accuracy, error ratio and worst factor of each model, plus per-factor effective robustness.
 
-    ``factors=None`` reports all 16 ImageNet-X factors. Results are written to the catalog (see the
+    ``factors`` are the reported factors (`IMAGENET_X_FACTORS` for all 16). Models (ids or globs)
+    are scored on ``dataset``; reference models the ``reference`` condition selects are scored too
+    (for the fit) but reported only when selected. Results are written to the catalog (see the
     module doc) and returned.
     """
-    if mode not in ANNOTATION_MODES:
-        raise AnalysisError(f"mode: {mode!r} is not one of {', '.join(ANNOTATION_MODES)}")
-    selected = resolve_models(store, models)
-    annotations = _factor_annotations(store, dataset, mode)
-    prototypes = _prototype_flags(store, dataset)
-    reported = tuple(factors) if factors is not None else IMAGENET_X_FACTORS
-    reference_models = select_models_where(store, reference) if reference is not None else list(selected)
-    everyone = selected + [m for m in reference_models if m not in selected]
+    settings = FactorSettings(mode, tuple(factors), keep_prototypes, prompt_set, reference, transform, regressor,
+                              clip_eps)  # fmt: skip
+    # The sandboxed filter query opens its own connection, so it runs before the session holds one.
+    chosen_reference = None if reference is None else select_models_where(store, reference)
+    with store.session():
+        skipped: dict[str, str] = {}
+        reason = f"its logits do not fit the classes of {dataset}"
 
-    tables = {
-        model: _factor_table(store, model, dataset, annotations, prototypes, mode, reported, keep_prototypes,
-                             prompt_set)
-        for model in everyone
-    }  # fmt: skip
-    params: dict[str, Any] = {
-        "mode": mode,
-        "factors": list(tables[everyone[0]].factor_names),
-        "prototypes": "keep" if keep_prototypes else "drop",
-        "prompt_set": prompt_set,
-        "correct": "top-1 == label",
-        "transform": transform,
-        "regressor": regressor,
-        "clip_eps": clip_eps,
-        "huber_epsilon": DEFAULT_HUBER_EPSILON if regressor == "huber" else None,
-        "reference": reference,
-        "reference_models": sorted(reference_models),
-        "unit": EFFECTIVE_ROBUSTNESS_UNIT,
-    }
-    robustness, note = None, None
-    if len(reference_models) >= MIN_MODELS_FOR_TREND:
-        in_reference = set(reference_models)
-        try:
-            robustness = factor_effective_robustness(
-                [tables[m] for m in everyone], [m in in_reference for m in everyone], transform, regressor,
-                eps=clip_eps,
-            )  # fmt: skip
-        except AnalysisError as exc:
-            raise AnalysisError(f"per-factor effective robustness on {dataset}: {exc}") from None
-    elif reference is not None:
-        raise AnalysisError(
-            f"reference: {reference!r} selects {len(reference_models)} model(s); a per-factor effective-robustness "
-            f"line needs at least {MIN_MODELS_FOR_TREND}"
-        )
-    else:
-        note = (
-            f"per-factor effective robustness left out: {len(selected)} model(s) selected and no reference "
-            f"condition; a line needs at least {MIN_MODELS_FOR_TREND}"
-        )
-    report = FactorReport(dataset, mode, selected, {m: tables[m] for m in selected}, robustness, everyone,
-                          sorted(reference_models), note, params)  # fmt: skip
-    _write(store, report)
+        def scorable(model: str) -> bool:
+            return head_fits(store, model, dataset)
+
+        selected = drop_unscorable(resolve_models(store, models), models, scorable, reason, skipped)
+        if chosen_reference is None:
+            reference_models = list(selected)
+        else:
+            reference_models = drop_unscorable(chosen_reference, None, scorable, reason, skipped)
+        everyone = selected + [m for m in reference_models if m not in selected]
+        factor_rows = DatasetFactors.read(store, dataset, mode)
+        tables = {model: _factor_table(store, model, factor_rows, settings) for model in everyone}
+        robustness, note = _factor_robustness(settings, dataset, selected, reference_models, everyone, tables)
+        report = FactorReport(dataset, settings, selected, {m: tables[m] for m in selected}, robustness, everyone,
+                              sorted(reference_models), note, settings.params(reference_models), skipped)  # fmt: skip
+        _write(store, report)
     return report
 
 
-def _factor_annotations(store: Store, dataset: str, mode: str) -> dict[int, str]:
-    values = store.annotations(dataset, mode).get(mode, {})
-    if not values:
-        have = ", ".join(sorted(store.annotations(dataset))) or "none"
-        raise AnalysisError(
-            f"dataset {dataset} has no {mode!r} factor annotations (it has: {have}); register an ImageNet "
-            f"dataset with imagenet_x=package|DIR, or use a dataset such as synthetic:shapes-x"
-        )
-    return values
-
-
-def _prototype_flags(store: Store, dataset: str) -> dict[int, bool]:
-    values = store.annotations(dataset, PROTOTYPE_ANNOTATION).get(PROTOTYPE_ANNOTATION, {})
-    return {row: str(value).strip().lower() in _TRUE_FLAGS for row, value in values.items()}
-
-
 def _factor_table(
-    store: Store,
-    model: str,
-    dataset: str,
-    annotations: dict[int, str],
-    prototypes: dict[int, bool],
-    mode: str,
-    reported: tuple[str, ...],
-    keep_prototypes: bool,
-    prompt_set: str,
+    store: Store, model: str, factor_rows: DatasetFactors, settings: FactorSettings
 ) -> FactorAccuracyTable:
-    data = eval_data(store, model, dataset, prompt_set)
+    data = eval_data(store, model, factor_rows.dataset, settings.prompt_set)
     correct_of_row = dict(zip(data.rows.tolist(), (np.argmax(data.logits, axis=1) == data.labels).tolist()))
-    n_rows = int(store.dataset_info(dataset)["n_samples"])
-    # Only rows that were evaluated (usable, labelled) take part; the others count as unannotated.
-    strings = [annotations.get(row) if row in correct_of_row else None for row in range(n_rows)]
+    # Only evaluated rows (decodable, labelled) take part: the others are passed as unannotated.
+    strings = [
+        factor_rows.annotations.get(row) if row in correct_of_row else None for row in range(factor_rows.n_samples)
+    ]
     try:
-        factor_rows = factor_annotations_from_strings(strings, mode, IMAGENET_X_FACTORS)
+        annotated = factor_annotations_from_strings(strings, settings.mode, IMAGENET_X_FACTORS)
     except AnalysisError as exc:
-        raise AnalysisError(f"dataset {dataset}: {exc}") from None
-    correct = np.array([correct_of_row[row] for row in factor_rows.rows.tolist()], dtype=bool)
-    is_prototype = np.array([prototypes.get(row, False) for row in factor_rows.rows.tolist()], dtype=bool)
+        raise AnalysisError(f"dataset {factor_rows.dataset}: {exc}") from None
+    rows = annotated.rows.tolist()
     return factor_accuracy(
-        correct, factor_rows.matrix, factor_rows.factor_names, mode,
-        is_prototype=is_prototype, drop_prototypes=not keep_prototypes, factors=reported,
-    )  # fmt: skip
+        np.array([correct_of_row[row] for row in rows], dtype=bool),
+        annotated.matrix,
+        annotated.factor_names,
+        settings.mode,
+        is_prototype=np.array([factor_rows.prototypes.get(row, False) for row in rows], dtype=bool),
+        drop_prototypes=not settings.keep_prototypes,
+        factors=settings.factors,
+    )
+
+
+def _factor_robustness(
+    settings: FactorSettings,
+    dataset: str,
+    selected: list[str],
+    reference_models: list[str],
+    everyone: list[str],
+    tables: dict[str, FactorAccuracyTable],
+) -> tuple[FactorRobustness | None, str | None]:
+    """Per-factor effective robustness over the reference models, or (None, why) when too few are selected."""
+    if len(reference_models) < MIN_MODELS_FOR_TREND:
+        if settings.reference is not None:
+            raise AnalysisError(
+                f"reference: {settings.reference!r} selects {len(reference_models)} model(s); a per-factor "
+                f"effective-robustness line needs at least {MIN_MODELS_FOR_TREND}"
+            )
+        return None, (
+            f"per-factor effective robustness left out: {len(selected)} model(s) selected and no reference "
+            f"condition; a line needs at least {MIN_MODELS_FOR_TREND}"
+        )
+    in_reference = set(reference_models)
+    try:
+        robustness = factor_effective_robustness(
+            [tables[m] for m in everyone], [m in in_reference for m in everyone], settings.transform,
+            settings.regressor, eps=settings.clip_eps,
+        )  # fmt: skip
+    except AnalysisError as exc:
+        raise AnalysisError(f"per-factor effective robustness on {dataset}: {exc}") from None
+    return robustness, None
 
 
 def _write(store: Store, report: FactorReport) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +58,7 @@ from embedstore.analysis.robustness import (
 )
 from embedstore.analysis.zeroshot import acc1
 from embedstore.errors import AnalysisError, StoreError
-from embedstore.evaluate.common import eval_data, model_kind, resolve_datasets, resolve_models
+from embedstore.evaluate.common import eval_data, model_kind, named_explicitly, resolve_datasets, resolve_models
 from embedstore.store import Store
 
 ANALYSIS = "robustness"
@@ -70,7 +70,7 @@ ACCURACY_FROM_RESULTS = "results"
 ACCURACY_COMPUTED = "computed"
 
 
-# -- reference groups and model attributes (shared with the factors runner) ----------------------------
+# -- model selection shared by the cross-model runners (factors, shape_bias, probe) --------------------
 
 
 def check_model_filter(expression: str) -> str:
@@ -106,12 +106,16 @@ def select_models_where(store: Store, expression: str) -> list[str]:
     """Model ids of ``SELECT model_id FROM models WHERE (expression)``, sorted, run sandboxed and read-only.
 
     The expression may use every column of ``models`` (kind, family, backbone, train_data, train_size,
-    fine_tuned, loss, group_label, params, ...) and DuckDB's JSON operators on ``metadata``.
+    fine_tuned, loss, group_label, params, ...) and DuckDB's JSON operators on ``metadata``. The
+    sandboxed connection cannot be opened while ``store.session()`` holds one, so call this outside
+    a session (the runners do).
     """
     condition = check_model_filter(expression)
     try:
         table = store.sql(f"SELECT model_id FROM models WHERE ({condition}\n) ORDER BY model_id")
     except StoreError as exc:
+        if not str(exc).startswith("SQL error"):  # the catalog could not be opened: not the condition's fault
+            raise
         raise AnalysisError(f"reference: {condition!r} is not a valid condition on the models table ({exc})") from None
     return [str(model) for model in table.column("model_id").to_pylist()]
 
@@ -138,11 +142,15 @@ class MeasuredAccuracy:
     source: str
 
 
-def stored_zeroshot_acc1(store: Store, model: str, dataset: str, prompt_set: str | None) -> float | None:
-    """The most recent ``zeroshot``/``acc1`` result of (model, dataset) under ``prompt_set``, or None.
+def stored_zeroshot_acc1(store: Store, model: str, dataset: str, prompt_set: str) -> float | None:
+    """The most recent ``zeroshot``/``acc1`` result of (model, dataset) for ``prompt_set``, or None.
 
-    ``prompt_set`` is matched against ``params.prompt_set`` (None matches rows without one, as
-    classifiers' rows are)."""
+    A CLIP model's row must name the prompt set (``params.prompt_set``) and, when it records its
+    ``templates``, the set's current templates (a redefined set does not reuse old numbers); a
+    classifier's row is one without a prompt set, as `embedstore.evaluate.zeroshot` writes them."""
+    clip = model_kind(store, model) == "clip"
+    wanted_set = prompt_set if clip else None
+    wanted_templates = store.prompt_set(dataset, prompt_set) if clip else None
     rows = store.query(
         "SELECT value, params FROM results WHERE analysis = 'zeroshot' AND metric = 'acc1' "
         "AND model = ? AND dataset = ? AND value IS NOT NULL ORDER BY created DESC",
@@ -150,15 +158,25 @@ def stored_zeroshot_acc1(store: Store, model: str, dataset: str, prompt_set: str
     )
     for row in rows:
         params = json.loads(row["params"]) if isinstance(row["params"], str) else (row["params"] or {})
-        if params.get("prompt_set") == prompt_set:
+        if params.get("prompt_set") == wanted_set and params.get("templates", wanted_templates) == wanted_templates:
             return float(row["value"])
     return None
 
 
+def head_fits(store: Store, model: str, dataset: str) -> bool:
+    """Whether the model's predictions can be scored on the dataset's classes: always for CLIP models
+    (zero-shot over the dataset's class names), else when cached logits exist and either match the
+    number of classes or the dataset declares a class subset to slice them to."""
+    if model_kind(store, model) == "clip":
+        return True
+    info = store.dataset_info(dataset)
+    arrays = store.list_arrays(dataset, model, "logits")
+    return bool(arrays) and (info["class_subset"] is not None or arrays[0].shape[-1] == len(info["classnames"]))
+
+
 def measured_acc1(store: Store, model: str, dataset: str, prompt_set: str) -> MeasuredAccuracy:
     """acc1 of a model on a dataset: a stored zero-shot result when there is one, else computed now."""
-    wanted = prompt_set if model_kind(store, model) == "clip" else None
-    stored = stored_zeroshot_acc1(store, model, dataset, wanted)
+    stored = stored_zeroshot_acc1(store, model, dataset, prompt_set)
     if stored is not None:
         return MeasuredAccuracy(stored, ACCURACY_FROM_RESULTS)
     data = eval_data(store, model, dataset, prompt_set)
@@ -181,6 +199,15 @@ class AccuracyTable:
 
     def values(self, models: Sequence[str], dataset: str) -> np.ndarray:
         return np.array([self.get(model, dataset).value for model in models], dtype=np.float64)
+
+    def available(self, model: str, datasets: Sequence[str]) -> bool:
+        """Whether acc1 can be had on every dataset: stored, or computable (`head_fits`)."""
+        return all(
+            (model, dataset) in self._cache
+            or stored_zeroshot_acc1(self.store, model, dataset, self.prompt_set) is not None
+            or head_fits(self.store, model, dataset)
+            for dataset in datasets
+        )
 
 
 # -- the runner ------------------------------------------------------------------------------------------
@@ -214,12 +241,56 @@ class ShiftRobustness:
 
 
 @dataclass(frozen=True)
+class RobustnessSettings:
+    """Every choice of a robustness run (see `run_robustness`); validated on construction."""
+
+    transform: str = "probit"
+    regressor: str = "huber"
+    prompt_set: str = "default"
+    reference: str | None = None
+    group_by: str = DEFAULT_GROUP_BY
+    bootstrap: int = 0
+    seed: int = 0
+    level: float = 0.95
+    clip_eps: float = DEFAULT_CLIP_EPS
+
+    def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise AnalysisError(f"transform: {self.transform!r} is not one of {', '.join(TRANSFORMS)}")
+        if self.regressor not in REGRESSORS:
+            raise AnalysisError(f"regressor: {self.regressor!r} is not one of {', '.join(REGRESSORS)}")
+        if self.bootstrap < 0:
+            raise AnalysisError(
+                f"bootstrap: the number of resamples must be 0 (none) or positive, got {self.bootstrap}"
+            )
+
+    def params(self, id_dataset: str, reference_models: Sequence[str]) -> dict[str, Any]:
+        """The params stored with every per-model row (``group_by`` only concerns the summary rows)."""
+        return {
+            "id_dataset": id_dataset,
+            "metric": "acc1",
+            "prompt_set": self.prompt_set,
+            "transform": self.transform,
+            "regressor": self.regressor,
+            "clip_eps": self.clip_eps,
+            "huber_epsilon": DEFAULT_HUBER_EPSILON if self.regressor == "huber" else None,
+            "reference": self.reference,
+            "reference_models": sorted(reference_models),
+            "bootstrap": self.bootstrap,
+            "bootstrap_seed": self.seed if self.bootstrap else None,
+            "bootstrap_level": self.level if self.bootstrap else None,
+            "unit": EFFECTIVE_ROBUSTNESS_UNIT,
+        }
+
+
+@dataclass(frozen=True)
 class RobustnessReport:
     id_dataset: str
-    reference: str | None
+    settings: RobustnessSettings
     reference_models: list[str]
-    group_by: str
     params: dict[str, Any]
+    skipped: dict[str, str]
+    """Models matched by a glob or the reference condition but left out, with the reason."""
     shifts: list[ShiftRobustness] = field(default_factory=list)
 
 
@@ -244,67 +315,93 @@ def run_robustness(
     The line of each shift is fitted over the ``reference`` models (a condition on ``models``;
     default: the selected models) with `transform` (probit|logit) and `regressor` (huber|ols).
     ``bootstrap > 0`` adds a pointwise ``level`` band from that many resamples of the reference
-    models (seeded). Results are written to the catalog (see the module doc) and returned.
+    models (seeded). ``group_by`` names the ``models`` column grouping the selected models for
+    per-group statistics. Results are written to the catalog (see the module doc) and returned.
     """
-    if transform not in TRANSFORMS:
-        raise AnalysisError(f"transform: {transform!r} is not one of {', '.join(TRANSFORMS)}")
-    if regressor not in REGRESSORS:
-        raise AnalysisError(f"regressor: {regressor!r} is not one of {', '.join(REGRESSORS)}")
-    if bootstrap < 0:
-        raise AnalysisError(f"bootstrap: the number of resamples must be 0 (none) or positive, got {bootstrap}")
-    selected = resolve_models(store, models)
-    store.dataset_info(id_dataset)
-    shifted_names = resolve_datasets(store, shifted)
-    if id_dataset in shifted_names:
-        raise AnalysisError(f"shifted: {id_dataset} is the in-distribution dataset; name datasets under shift")
-    reference_models = selected if reference is None else select_models_where(store, reference)
-    if len(reference_models) < MIN_MODELS_FOR_TREND:
-        if reference is not None:
-            raise AnalysisError(
-                f"reference: {reference!r} selects {len(reference_models)} model(s); an effective-robustness "
-                f"line needs at least {MIN_MODELS_FOR_TREND}"
-            )
-        raise AnalysisError(
-            f"models: {len(selected)} model(s) selected and no reference condition, so they are the reference "
-            f"group; an effective-robustness line needs at least {MIN_MODELS_FOR_TREND}"
-        )
-    groups = model_column_values(store, selected, group_by)
-    group_labels = [NO_GROUP if groups[m] is None else str(groups[m]) for m in selected]
+    settings = RobustnessSettings(transform, regressor, prompt_set, reference, group_by, bootstrap, seed, level,
+                                  clip_eps)  # fmt: skip
+    # The sandboxed filter query opens its own connection, so it runs before the session holds one.
+    reference_models = None if reference is None else select_models_where(store, reference)
+    with store.session():
+        selected = resolve_models(store, models)
+        store.dataset_info(id_dataset)
+        shifted_names = resolve_datasets(store, shifted)
+        if id_dataset in shifted_names:
+            raise AnalysisError(f"shifted: {id_dataset} is the in-distribution dataset; name datasets under shift")
+        accuracies = AccuracyTable(store, prompt_set)
+        skipped: dict[str, str] = {}
+        datasets = [id_dataset, *shifted_names]
+        reason = f"no acc1 on {', '.join(datasets)}: no stored zero-shot result, and its logits do not fit the classes"
 
-    params: dict[str, Any] = {
-        "id_dataset": id_dataset,
-        "metric": "acc1",
-        "prompt_set": prompt_set,
-        "transform": transform,
-        "regressor": regressor,
-        "clip_eps": clip_eps,
-        "huber_epsilon": DEFAULT_HUBER_EPSILON if regressor == "huber" else None,
-        "reference": reference,
-        "reference_models": sorted(reference_models),
-        "bootstrap": bootstrap,
-        "bootstrap_seed": seed if bootstrap else None,
-        "bootstrap_level": level if bootstrap else None,
-        "unit": EFFECTIVE_ROBUSTNESS_UNIT,
-    }
-    accuracies = AccuracyTable(store, prompt_set)
-    report = RobustnessReport(id_dataset, reference, sorted(reference_models), group_by, params)
-    for dataset in shifted_names:
-        shift = _one_shift(accuracies, selected, reference_models, id_dataset, dataset, group_labels, params)
-        _write_shift(store, shift, params, {"models": sorted(selected), "group_by": group_by})
-        report.shifts.append(shift)
+        def scorable(model: str) -> bool:
+            return accuracies.available(model, datasets)
+
+        selected = drop_unscorable(selected, models, scorable, reason, skipped)
+        if reference_models is None:
+            reference_models = selected
+        else:
+            reference_models = drop_unscorable(reference_models, None, scorable, reason, skipped)
+        _check_enough_reference_models(reference, selected, reference_models, skipped)
+        groups = model_column_values(store, selected, group_by)
+        group_labels = [NO_GROUP if groups[m] is None else str(groups[m]) for m in selected]
+        params = settings.params(id_dataset, reference_models)
+        summary_params = {**params, "models": sorted(selected), "group_by": group_by}
+        report = RobustnessReport(id_dataset, settings, sorted(reference_models), params, skipped)
+        for dataset in shifted_names:
+            shift = _one_shift(accuracies, settings, selected, reference_models, id_dataset, dataset, group_labels)
+            _write_shift(store, shift, params, summary_params)
+            report.shifts.append(shift)
     return report
+
+
+def drop_unscorable(
+    candidates: Sequence[str],
+    patterns: Sequence[str] | None,
+    scorable: Callable[[str], bool],
+    reason: str,
+    skipped: dict[str, str],
+) -> list[str]:
+    """The candidates for which ``scorable(model)`` holds, in order. Models swept in by a glob or by a
+    reference condition (``patterns`` None) that are not scorable are left out and noted in
+    ``skipped`` with ``reason``; a model named exactly is kept, so that scoring it fails with the cause."""
+    kept = []
+    for model in candidates:
+        if (patterns is not None and named_explicitly(model, patterns)) or scorable(model):
+            kept.append(model)
+        else:
+            skipped[model] = reason
+    return kept
+
+
+def _check_enough_reference_models(
+    reference: str | None, selected: list[str], reference_models: list[str], skipped: dict[str, str]
+) -> None:
+    if len(reference_models) >= MIN_MODELS_FOR_TREND:
+        return
+    left_out = (
+        f" ({len(skipped)} more matched but have no acc1 on every dataset: {', '.join(skipped)})" if skipped else ""
+    )
+    if reference is not None:
+        raise AnalysisError(
+            f"reference: {reference!r} selects {len(reference_models)} usable model(s){left_out}; an "
+            f"effective-robustness line needs at least {MIN_MODELS_FOR_TREND}"
+        )
+    raise AnalysisError(
+        f"models: {len(selected)} usable model(s) selected{left_out} and no reference condition, so they are "
+        f"the reference group; an effective-robustness line needs at least {MIN_MODELS_FOR_TREND}"
+    )
 
 
 def _one_shift(
     accuracies: AccuracyTable,
+    settings: RobustnessSettings,
     selected: list[str],
     reference_models: list[str],
     id_dataset: str,
     dataset: str,
     group_labels: list[str],
-    params: dict[str, Any],
 ) -> ShiftRobustness:
-    transform, regressor, eps = params["transform"], params["regressor"], params["clip_eps"]
+    transform, regressor, eps = settings.transform, settings.regressor, settings.clip_eps
     ref_x = accuracies.values(reference_models, id_dataset)
     ref_y = accuracies.values(reference_models, dataset)
     trend = fit_linear_trend(ref_x, ref_y, transform, regressor, eps=eps)
@@ -313,9 +410,9 @@ def _one_shift(
     predicted = trend.predict(acc_x)
     er = effective_robustness(trend, acc_x, acc_y)
     band = None
-    if params["bootstrap"]:
+    if settings.bootstrap:
         band = bootstrap_trend_band(
-            ref_x, ref_y, acc_x, params["bootstrap"], params["bootstrap_seed"], params["bootstrap_level"],
+            ref_x, ref_y, acc_x, settings.bootstrap, settings.seed, settings.level,
             transform=transform, regressor=regressor, eps=eps,
         )  # fmt: skip
     reference_set = set(reference_models)

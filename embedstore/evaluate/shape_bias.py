@@ -1,0 +1,203 @@
+"""Shape bias of models on a cue-conflict dataset (Geirhos et al. 2019; model-vs-human), from the cache.
+
+A cue-conflict dataset gives each image a shape category and a texture category: the samples'
+``shape`` and ``texture`` annotations (shapes-cue-conflict), or else file names of the form
+``<shape><n>-<texture><m>.png`` (model-vs-human's Stylized-ImageNet cue-conflict images). Images
+whose shape equals their texture are dropped, and ``shape_bias = shape hits / (shape hits + texture
+hits)`` (`embedstore.analysis.shape_bias`). A model's decision on an image is, by the first route
+that applies:
+
+1. CLIP models: the argmax of the zero-shot logits over the dataset's own class names under the
+   prompt set (the direct K-way variant; a 16-category dataset gives model-vs-human's 16-way CLIP
+   decision without going through 1000 ImageNet classes).
+2. Classifiers whose head covers the dataset's classes (as many outputs as classes, or a declared
+   class subset to slice to): the argmax of the head logits over those classes.
+3. 1000-way ImageNet classifiers on a dataset whose classes are model-vs-human's 16 categories:
+   softmax over the 1000 logits, probabilities averaged over each category's ImageNet classes
+   (``ImageNetProbabilitiesTo16ClassesMapping`` with ``np.mean``), argmax.
+
+Other pairs cannot be scored: an error when the model was named exactly, skipped when a glob matched it.
+Every decodable row takes part (labels are not needed). Results (analysis ``shape_bias``):
+``shape_bias`` (NULL when no decision matched either cue), ``shape_match_rate``,
+``texture_match_rate``, ``n_used``, ``n_dropped_same``; params record the decision route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import special
+
+from embedstore.analysis.shape_bias import (
+    HUMAN_CATEGORIES,
+    ShapeBiasResult,
+    category_decisions,
+    imagenet_probabilities_to_16,
+    parse_cue_conflict_filename,
+    shape_bias,
+)
+from embedstore.errors import AnalysisError
+from embedstore.evaluate.common import (
+    clip_scores,
+    model_kind,
+    prompt_indices,
+    read_finite,
+    resolve_models,
+    usable_rows,
+)
+from embedstore.evaluate.robustness import drop_unscorable, head_fits
+from embedstore.store import Store
+
+ANALYSIS = "shape_bias"
+IMAGENET_CLASSES = 1000
+ROUTE_ZERO_SHOT = "zero-shot over the dataset's classes"
+ROUTE_HEAD = "head logits over the dataset's classes"
+ROUTE_IMAGENET_TO_16 = "1000-way softmax averaged over each of the 16 categories' ImageNet classes"
+CUES_FROM_ANNOTATIONS = "shape/texture annotations"
+CUES_FROM_FILE_NAMES = "file names <shape><n>-<texture><m>"
+
+
+@dataclass(frozen=True)
+class CueConflictLabels:
+    """Shape and texture category names of a cue-conflict dataset's usable rows, and where they came from."""
+
+    dataset: str
+    rows: np.ndarray
+    shape: np.ndarray
+    texture: np.ndarray
+    source: str
+
+    @classmethod
+    def read(cls, store: Store, dataset: str) -> CueConflictLabels:
+        rows = usable_rows(store, dataset, labelled=False)
+        if not len(rows):
+            raise AnalysisError(f"dataset {dataset} has no decodable rows")
+        cues = store.annotations(dataset)
+        shapes, textures = cues.get("shape", {}), cues.get("texture", {})
+        if shapes or textures:
+            missing = [int(r) for r in rows if r not in shapes or r not in textures]
+            if missing:
+                raise AnalysisError(
+                    f"dataset {dataset}: row {missing[0]} lacks a 'shape' or 'texture' annotation "
+                    f"({len(missing)} of {len(rows)} rows do); every cue-conflict image needs both"
+                )
+            return cls(dataset, rows, _names([shapes[r] for r in rows]), _names([textures[r] for r in rows]),
+                       CUES_FROM_ANNOTATIONS)  # fmt: skip
+        locators = store.sample_table(dataset)["locator"][rows]
+        try:
+            pairs = [parse_cue_conflict_filename(str(locator)) for locator in locators]
+        except AnalysisError as exc:
+            raise AnalysisError(
+                f"dataset {dataset} has no 'shape'/'texture' annotations and its file names do not name the cues "
+                f"({exc})"
+            ) from None
+        return cls(dataset, rows, _names([p[0] for p in pairs]), _names([p[1] for p in pairs]), CUES_FROM_FILE_NAMES)
+
+
+@dataclass(frozen=True)
+class ModelDecisions:
+    """A model's decided category name per row, and how the decisions were made."""
+
+    names: np.ndarray
+    route: str
+    templates: list[int] | None
+
+
+@dataclass(frozen=True)
+class ShapeBiasRow:
+    model: str
+    dataset: str
+    route: str
+    cues: str
+    result: ShapeBiasResult
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "dataset": self.dataset, "decisions": self.route, **vars(self.result)}
+
+
+@dataclass(frozen=True)
+class ShapeBiasReport:
+    rows: list[ShapeBiasRow]
+    skipped: dict[str, str]
+    """Models a glob matched that no decision route can score on the dataset, with the reason."""
+
+
+def decision_route(store: Store, model: str, dataset: str) -> str | None:
+    """Which route of the module doc scores the model on the dataset, or None when none applies."""
+    if model_kind(store, model) == "clip":
+        return ROUTE_ZERO_SHOT
+    if head_fits(store, model, dataset):
+        return ROUTE_HEAD
+    arrays = store.list_arrays(dataset, model, "logits")
+    classnames = store.dataset_info(dataset)["classnames"]
+    if arrays and arrays[0].shape[-1] == IMAGENET_CLASSES and sorted(classnames) == list(HUMAN_CATEGORIES):
+        return ROUTE_IMAGENET_TO_16
+    return None
+
+
+def model_decisions(store: Store, model: str, dataset: str, rows: np.ndarray, prompt_set: str) -> ModelDecisions:
+    """Decided category names of a model on ``rows`` (see the module doc for the routes)."""
+    info = store.dataset_info(dataset)
+    classnames = np.asarray(info["classnames"], dtype=object)
+    route = decision_route(store, model, dataset)
+    if route == ROUTE_ZERO_SHOT:
+        logits, _ = clip_scores(store, model, dataset, prompt_set, rows)
+        return ModelDecisions(classnames[category_decisions(logits)], route, prompt_indices(store, dataset, prompt_set))
+    if route is None:
+        width = store.list_arrays(dataset, model, "logits")
+        outputs = f"{width[0].shape[-1]} outputs" if width else "no cached logits"
+        raise AnalysisError(
+            f"model {model} has {outputs} on dataset {dataset}: neither its {len(classnames)} classes nor 1000 "
+            f"ImageNet classes to map to the 16 cue-conflict categories"
+        )
+    logits = read_finite(store, dataset, model, "logits", rows).astype(np.float64)
+    if route == ROUTE_HEAD:
+        if info["class_subset"] is not None:
+            logits = logits[:, info["class_subset"]]
+        return ModelDecisions(classnames[category_decisions(logits)], route, None)
+    probabilities = imagenet_probabilities_to_16(special.softmax(logits, axis=1), HUMAN_CATEGORIES)
+    return ModelDecisions(np.asarray(HUMAN_CATEGORIES, dtype=object)[category_decisions(probabilities)], route, None)
+
+
+def run_shape_bias(
+    store: Store, models: Sequence[str], dataset: str, *, prompt_set: str = "default"
+) -> ShapeBiasReport:
+    """Shape bias of each model (ids or globs) on a cue-conflict dataset; results go to the catalog."""
+    with store.session():
+        cues = CueConflictLabels.read(store, dataset)
+        skipped: dict[str, str] = {}
+        chosen = drop_unscorable(
+            resolve_models(store, models), models, lambda m: decision_route(store, m, dataset) is not None,
+            f"no decision route on {dataset}", skipped,
+        )  # fmt: skip
+        if not chosen:
+            raise AnalysisError(f"no selected model can be scored on {dataset}: {', '.join(skipped)}")
+        rows = []
+        for model in chosen:
+            decisions = model_decisions(store, model, dataset, cues.rows, prompt_set)
+            result = shape_bias(decisions.names, cues.shape, cues.texture)
+            params = {
+                "decisions": decisions.route,
+                "prompt_set": prompt_set if decisions.templates is not None else None,
+                "templates": decisions.templates,
+                "cues": cues.source,
+                "dropped": "shape == texture",
+                "rows": "all decodable rows",
+            }
+            metrics: list[tuple[str, Any]] = [
+                ("shape_bias", None if np.isnan(result.shape_bias) else result.shape_bias),
+                ("shape_match_rate", result.shape_match_rate),
+                ("texture_match_rate", result.texture_match_rate),
+                ("n_used", result.n_used),
+                ("n_dropped_same", result.n_dropped_same),
+            ]
+            store.put_results(ANALYSIS, metrics, params=params, model=model, dataset=dataset)
+            rows.append(ShapeBiasRow(model, dataset, decisions.route, cues.source, result))
+    return ShapeBiasReport(rows, skipped)
+
+
+def _names(values: Sequence[Any]) -> np.ndarray:
+    return np.asarray([str(v) for v in values], dtype=object)
