@@ -19,9 +19,6 @@ except ImportError:
 
 from embedstore.store import Store  # noqa: E402
 
-FINGERPRINTS = {"dataset": "d" * 64, "model": "m" * 64, "settings": "s" * 64}
-
-
 @pytest.fixture
 def store(tmp_path) -> Store:
     return Store.create(tmp_path / "store")

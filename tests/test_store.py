@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FINGERPRINTS
 
 from embedstore.errors import FingerprintMismatch, StoreError
 from embedstore.store import Store
 from embedstore.store.catalog import SCHEMA_VERSION
 from embedstore.store.store import path_component
 
+FINGERPRINTS = {"dataset": "d" * 64, "model": "m" * 64, "settings": "s" * 64}
 TABLES = {"meta", "models", "datasets", "samples", "captions", "annotations", "templates", "prompt_sets", "arrays",
           "bad_samples", "results"}  # fmt: skip
 

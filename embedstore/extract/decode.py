@@ -68,9 +68,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def check_pixel_limit(data: bytes, options: DecodeOptions) -> None:
     """Raise ``BadImage`` when the header announces more pixels than allowed (no decoding);
-    unreadable headers pass, the decoder reports them."""
+    unreadable headers pass, the decoder reports them. Sizes beyond PIL's own bomb limit (twice
+    ``Image.MAX_IMAGE_PIXELS``), which PIL refuses to open at all, are refused too."""
     try:
-        width, height = Image.open(io.BytesIO(data)).size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data)).size
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"decompression bomb: {exc}") from None
     except Exception:  # noqa: BLE001 - the decoder gives the precise reason later
         return
     if width * height > options.pixel_limit:

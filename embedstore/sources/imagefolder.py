@@ -62,8 +62,11 @@ def open_imagefolder(name: str, spec: str, path: str, options: Mapping[str, Any]
 
 
 def _class_folders(root: str) -> list[str]:
-    with os.scandir(root) as entries:
-        folders = [entry.name for entry in entries if entry.is_dir() and not entry.name.startswith(".")]
+    try:
+        with os.scandir(root) as entries:
+            folders = [entry.name for entry in entries if entry.is_dir() and not entry.name.startswith(".")]
+    except OSError as exc:
+        raise DatasetError(f"image folder {root!r} cannot be listed ({exc.strerror or exc})") from None
     if not folders:
         raise DatasetError(f"image folder {root!r} has no class folders (expected ROOT/<class>/<image>)")
     return folders
@@ -118,9 +121,16 @@ def _imagenet_folder_space(folders: list[str], root: str) -> ClassSpace:
 
 
 def _image_files(root: str, folder: str) -> list[str]:
-    """Relative paths (``/``-separated) of the image files under ROOT/folder, sorted."""
+    """Relative paths (``/``-separated) of the image files under ROOT/folder, sorted. A folder that
+    cannot be listed is an error (never silently an empty class)."""
+
+    def refuse(error: OSError) -> None:
+        raise DatasetError(
+            f"image folder {root!r}: folder {error.filename!r} cannot be listed ({error.strerror or error})"
+        )
+
     found = []
-    for directory, subdirectories, filenames in os.walk(os.path.join(root, folder)):
+    for directory, subdirectories, filenames in os.walk(os.path.join(root, folder), onerror=refuse):
         subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
         for filename in filenames:
             if filename.startswith(".") or not has_image_extension(filename):

@@ -28,6 +28,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from embedstore.errors import StoreError
+from embedstore.store.crashpoints import crash_point
 
 SUPPORTED_DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")
 MARKER_DIR = "done"
@@ -47,6 +48,15 @@ def _compressors(dtype: np.dtype, compression: str) -> Any:
     if compression == "blosc-lz4":
         return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=np.dtype(dtype).itemsize)
     raise StoreError(f"unknown compression {compression!r}: use blosc-lz4, zstd or none")
+
+
+def _inside_root(path: str) -> str:
+    """``path`` if it names a key below the arrays root; StoreError if it could leave it (array
+    paths come from the catalog, which a shared store may carry from someone else)."""
+    parts = path.split("/")
+    if path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in parts):
+        raise StoreError(f"array path {path!r} would leave the arrays root; refusing to use it")
+    return path
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,15 @@ class ZarrRoot:
 
     def create_root(self) -> None:
         zarr.open_group(store=self.kv, mode="w")
+
+    def entries(self) -> list[str]:
+        """Names at the top of the root (an empty list for a location that does not exist yet)."""
+        if self.local_root is not None:
+            if not self.local_root.exists():
+                return []
+            if not self.local_root.is_dir():
+                raise StoreError(f"arrays location {self.location} is a file, not a folder")
+        return self.list_dir("")
 
     # -- key/value helpers for markers ---------------------------------------------------------------
 
@@ -105,7 +124,7 @@ class ZarrRoot:
     # -- arrays --------------------------------------------------------------------------------------
 
     def exists(self, path: str) -> bool:
-        return sync(self.kv.exists(f"{path}/zarr.json"))
+        return sync(self.kv.exists(f"{_inside_root(path)}/zarr.json"))
 
     def create_array(
         self,
@@ -118,6 +137,7 @@ class ZarrRoot:
     ) -> StoreArray:
         if dtype not in SUPPORTED_DTYPES:
             raise StoreError(f"unsupported dtype {dtype!r} for {path}: use one of {', '.join(SUPPORTED_DTYPES)}")
+        _inside_root(path)
         shape = tuple(int(s) for s in shape)
         chunks = (max(1, min(int(chunk_rows), max(shape[0], 1))),) + shape[1:]
         arr = zarr.create_array(
@@ -136,13 +156,15 @@ class ZarrRoot:
 
     def open_array(self, path: str) -> StoreArray:
         try:
-            arr = zarr.open_array(store=self.kv, path=path, mode="r" if self.readonly else "r+", config=_ARRAY_CONFIG)
+            arr = zarr.open_array(
+                store=self.kv, path=_inside_root(path), mode="r" if self.readonly else "r+", config=_ARRAY_CONFIG
+            )
         except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError) as exc:  # type: ignore[attr-defined]
             raise StoreError(f"array {path} does not exist in {self.location}") from exc
         return StoreArray(self, path, arr)
 
     def delete_array(self, path: str) -> None:
-        self.delete_prefix(path)
+        self.delete_prefix(_inside_root(path))
 
 
 class StoreArray:
@@ -184,7 +206,8 @@ class StoreArray:
     def write_chunk(self, index: int, data: np.ndarray, extra: dict[str, Any] | None = None) -> ChunkMarker:
         """Write chunk ``index`` whole, make it durable, then mark it done. Rewriting a done chunk is
         an error: every chunk is written by exactly one writer, once. ``extra`` (JSON) is kept in
-        the marker, e.g. the chunk's bad rows."""
+        the marker, e.g. the chunk's bad rows. A failed write (disk full, ...) raises StoreError
+        and leaves the chunk unmarked, to be rewritten whole by the next run."""
         start, stop = self.chunk_bounds(index)
         expected = (stop - start,) + self.shape[1:]
         if tuple(data.shape) != expected:
@@ -192,13 +215,20 @@ class StoreArray:
         if self.is_done(index):
             raise StoreError(f"chunk {index} of {self.path} is already written")
         data = np.ascontiguousarray(data, dtype=self.dtype)
-        self.zarr[start:stop] = data
-        coords = (index,) + (0,) * (len(self.shape) - 1)
-        self.root.fsync(f"{self.path}/{self.zarr.metadata.encode_chunk_key(coords)}")
         marker = ChunkMarker(index, stop - start, zlib.crc32(data.tobytes()))
         key = f"{self.path}/{MARKER_DIR}/{index}"
-        self.root.put_bytes(key, json.dumps({"rows": marker.rows, "crc32": marker.crc32, **(extra or {})}).encode())
-        self.root.fsync(key)
+        try:
+            self.zarr[start:stop] = data
+            coords = (index,) + (0,) * (len(self.shape) - 1)
+            self.root.fsync(f"{self.path}/{self.zarr.metadata.encode_chunk_key(coords)}")
+            crash_point("chunk-write")
+            self.root.put_bytes(key, json.dumps({"rows": marker.rows, "crc32": marker.crc32, **(extra or {})}).encode())
+            self.root.fsync(key)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write chunk {index} of {self.path} in {self.root.location}: {exc.strerror or exc}; "
+                f"the chunk stays unmarked: free the space (or fix the location) and run again to resume"
+            ) from exc
         return marker
 
     def is_done(self, index: int) -> bool:
@@ -308,6 +338,15 @@ class StoreArray:
             with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, len(indices))) as pool:
                 list(pool.map(load, indices))
         return out
+
+    def to_dask(self) -> Any:
+        """The array as a lazy ``dask.array.Array`` with one block per chunk of rows, for analyses
+        over arrays larger than memory (needs ``dask[array]``, imported only here)."""
+        try:
+            import dask.array
+        except ImportError:
+            raise StoreError("reading arrays as dask arrays needs dask: pip install 'dask[array]'") from None
+        return dask.array.from_array(self.zarr, chunks=self.zarr.chunks, fancy=False)
 
     def resize_rows(self, rows: int) -> None:
         self.zarr.resize((rows,) + self.shape[1:])

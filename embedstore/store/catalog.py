@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 
 from embedstore.errors import StoreError
+from embedstore.store.crashpoints import crash_point
 
 SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.duckdb"
@@ -162,6 +163,7 @@ class Catalog:
         self.readonly = readonly
         self.lock_timeout = lock_timeout
         self._held: duckdb.DuckDBPyConnection | None = None  # see ``session``
+        self._joined = False  # True inside ``transaction``: ``write`` blocks join it
 
     def _connect(self, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout
@@ -210,9 +212,13 @@ class Catalog:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One write transaction: committed when the block ends, rolled back if it raises."""
+        """One write transaction: committed when the block ends, rolled back if it raises. Inside
+        ``transaction`` the block joins that transaction instead."""
         if self.readonly:
             raise StoreError(f"store at {self.path.parent} was opened read-only")
+        if self._joined:
+            yield self._held
+            return
         if self._held is not None:
             self._held.execute("BEGIN TRANSACTION")
             try:
@@ -220,6 +226,7 @@ class Catalog:
             except BaseException:
                 self._held.execute("ROLLBACK")
                 raise
+            crash_point("catalog-commit")
             self._held.execute("COMMIT")
             return
         con = self._connect(read_only=False)
@@ -230,9 +237,24 @@ class Catalog:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            crash_point("catalog-commit")
             con.execute("COMMIT")
         finally:
             con.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction around a burst of ``write`` blocks (which join it): the burst is
+        committed whole when the block ends, or not at all if it raises or the process dies."""
+        if self._joined:
+            yield
+            return
+        with self.session(), self.write():
+            self._joined = True
+            try:
+                yield
+            finally:
+                self._joined = False
 
     # -- schema -----------------------------------------------------------------------------------
 

@@ -41,9 +41,10 @@ def _now() -> _dt.datetime:
 
 
 def path_component(name: str) -> str:
-    """A folder name for a dataset or model id: safe characters kept, others replaced, and a short
-    hash appended whenever anything was replaced so that two ids never share a folder."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "_"
+    """A folder name for a dataset or model id: safe characters kept, others replaced, cut to 100
+    characters, and a short hash appended whenever anything was changed so that two ids never share
+    a folder. Never empty, never ``.`` or ``..``, never a separator: it cannot leave its parent."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:100] or "_"
     if safe != name:
         safe = f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return safe
