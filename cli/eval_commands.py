@@ -9,6 +9,7 @@ from embedstore_cli.eval_calibration import calibration_command
 from embedstore_cli.eval_factors import factors_command
 from embedstore_cli.eval_ood import ood_command
 from embedstore_cli.eval_probe import probe_command
+from embedstore_cli.eval_retrieval import retrieval_command
 from embedstore_cli.eval_robustness import robustness_command
 from embedstore_cli.eval_shape_bias import shape_bias_command
 from embedstore_cli.eval_zeroshot import zeroshot_command
@@ -21,7 +22,7 @@ def eval_group() -> None:
 
 EVAL_COMMANDS: list[click.Command] = [
     zeroshot_command, calibration_command, ood_command,
-    robustness_command, factors_command, shape_bias_command, probe_command,
+    retrieval_command, robustness_command, factors_command, shape_bias_command, probe_command,
 ]  # fmt: skip
 
 
