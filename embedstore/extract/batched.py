@@ -8,7 +8,7 @@ image, the crop window of ``PreprocessConfig`` is mapped back to a box in source
 ``roi_align`` (``aligned=True``, adaptive sampling ratio ``ceil(box / output)``) averages
 bilinear samples over each output pixel's footprint. That is an area-averaged bilinear resample, not
 PIL's bicubic with antialiasing, so embeddings move slightly from the CPU path; ``benchmarks/extract.py``
-and ``tests/test_extract_batched.py`` measure how far.
+and ``tests/test_extract.py::test_gpu_decode_path_stays_close_to_the_cpu_path`` measure how far.
 """
 
 from __future__ import annotations
