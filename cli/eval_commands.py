@@ -1,31 +1,27 @@
 """The ``eval`` group: every analysis from cached arrays. Each analysis lives in its own
-``cli/eval_<name>.py`` module; ``EVAL_COMMANDS`` lists them (explicitly: no registration by import)."""
+``cli/eval_<name>.py`` module, listed in ``EVAL_COMMANDS`` (explicitly, imported when run)."""
 
 from __future__ import annotations
 
 import click
 
-from embedstore_cli.eval_calibration import calibration_command
-from embedstore_cli.eval_factors import factors_command
-from embedstore_cli.eval_ood import ood_command
-from embedstore_cli.eval_probe import probe_command
-from embedstore_cli.eval_retrieval import retrieval_command
-from embedstore_cli.eval_robustness import robustness_command
-from embedstore_cli.eval_shape_bias import shape_bias_command
-from embedstore_cli.eval_zeroshot import zeroshot_command
+from embedstore_cli.lazy import LazyGroup
+
+EVAL_COMMANDS = {
+    "zeroshot": ("embedstore_cli.eval_zeroshot:zeroshot_command", "Zero-shot acc1/acc5/mean per-class recall."),
+    "calibration": ("embedstore_cli.eval_calibration:calibration_command", "ECE, NLL, Brier; temperature scaling."),
+    "ood": ("embedstore_cli.eval_ood:ood_command", "OOD detection: AUROC, AUPR, FPR@95 of MCM, MSP, energy, kNN, ..."),
+    "retrieval": ("embedstore_cli.eval_retrieval:retrieval_command", "Image-text retrieval recall@K."),
+    "robustness": ("embedstore_cli.eval_robustness:robustness_command", "Effective robustness over a reference group."),
+    "factors": (
+        "embedstore_cli.eval_factors:factors_command",
+        "ImageNet-X-style per-factor accuracy and error ratios.",
+    ),
+    "shape-bias": ("embedstore_cli.eval_shape_bias:shape_bias_command", "Shape bias on cue-conflict images."),
+    "probe": ("embedstore_cli.eval_probe:probe_command", "Linear probes on cached image embeddings."),
+}
 
 
-@click.group("eval")
+@click.group("eval", cls=LazyGroup, lazy_commands=EVAL_COMMANDS)
 def eval_group() -> None:
     """Analyses from the cache (no encoder is loaded); results go to the catalog's `results`."""
-
-
-EVAL_COMMANDS: list[click.Command] = [
-    zeroshot_command, calibration_command, ood_command,
-    retrieval_command, robustness_command, factors_command, shape_bias_command, probe_command,
-]  # fmt: skip
-
-
-def register_eval_commands() -> None:
-    for command in EVAL_COMMANDS:
-        eval_group.add_command(command)

@@ -10,6 +10,9 @@ Grammar (``ARCH.TAG`` as timm writes names; the first ``@`` separates the weight
     timm:NAME[.TAG]                pretrained timm weights; without TAG, timm's default tag
     timm:NAME[.TAG]@PATH           local checkpoint (timm state_dict)
     timm:NAME[.TAG]@random[:SEED]  random weights
+    openclip-classifier:ARCH[.TAG]@PATH
+                                   an open_clip image tower with a linear classifier head (a
+                                   fine-tuned CLIP), one file (``openclip_classifier_adapter``)
 
 A weights source is always explicit: ``openclip:ViT-B-32`` alone is an error, never a random model.
 Names and tags are checked against the installed open_clip / timm, and a misspelling is answered
@@ -20,7 +23,7 @@ timm's default tag filled in, open_clip tags in open_clip's spelling); parsing i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from embedstore.errors import ModelError
 from embedstore.models import registry
@@ -94,7 +97,8 @@ def parse_model_id(text: str | ModelId) -> ModelId:
     library, sep, body = text.partition(":")
     if not sep or library not in _BODY_PARSERS:
         hint = registry.suggestion(library, list(registry.LIBRARIES))
-        raise ModelError(f"model id {text!r} must start with 'openclip:' or 'timm:'{hint}")
+        prefixes = " or ".join(f"'{name}:'" for name in registry.LIBRARIES)
+        raise ModelError(f"model id {text!r} must start with {prefixes}{hint}")
     if not body:
         raise ModelError(f"model id {text!r} names no model after '{library}:'")
     return _BODY_PARSERS[library](text, body)
@@ -134,6 +138,17 @@ def _parse_openclip(text: str, body: str) -> ModelId:
         )
         raise ModelError(f"model id {text!r} names no weights: {hint}")
     return ModelId("openclip", arch, tag=tag, path=path, random_seed=seed)
+
+
+def _parse_openclip_classifier(text: str, body: str) -> ModelId:
+    """``openclip-classifier:ARCH[.TAG]@PATH``: ARCH and TAG as for ``openclip:``; only a file can hold
+    a trained head, so the weights source must be a path."""
+    _, at, source = body.partition("@")
+    if not at or _parse_source(text, source)[0] is None:
+        raise ModelError(
+            f"model id {text!r}: an openclip-classifier model needs @PATH (a file with its weights and head)"
+        )
+    return replace(_parse_openclip(text, body), library="openclip-classifier")
 
 
 def _split_openclip_name(text: str, name: str) -> tuple[str, str | None]:
@@ -193,4 +208,4 @@ def _example_tags(tags: list[str], limit: int = 3) -> str:
     return shown + (", ..." if len(tags) > limit else "")
 
 
-_BODY_PARSERS = {"openclip": _parse_openclip, "timm": _parse_timm}
+_BODY_PARSERS = {"openclip": _parse_openclip, "timm": _parse_timm, "openclip-classifier": _parse_openclip_classifier}

@@ -9,12 +9,14 @@ import torch
 from embedstore.models.adapter import ModelAdapter, resolve_device, resolve_precision
 from embedstore.models.ids import ModelId, parse_model_id
 from embedstore.models.openclip_adapter import load_openclip
+from embedstore.models.openclip_classifier_adapter import load_openclip_classifier
 from embedstore.models.timm_adapter import load_timm
 
 #: library -> builder; one small function per library, no if/elif chain.
 LOADERS: dict[str, Callable[[ModelId, torch.device, str], ModelAdapter]] = {
     "openclip": load_openclip,
     "timm": load_timm,
+    "openclip-classifier": load_openclip_classifier,
 }
 
 

@@ -15,7 +15,7 @@ import open_clip
 import timm
 from open_clip.pretrained import list_pretrained_tags_by_model
 
-LIBRARIES = ("openclip", "timm")
+LIBRARIES = ("openclip", "timm", "openclip-classifier")
 
 
 def openclip_archs() -> list[str]:

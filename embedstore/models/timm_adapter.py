@@ -3,7 +3,14 @@
 Weights of a tag are looked up on disk first (the Hugging Face cache, or torch hub's checkpoint
 folder for URL-only tags) and handed to timm as a file (``pretrained_cfg_overlay={"file": ...}``), so
 timm applies its own checkpoint filters; only an online hub lets timm download. ``@PATH`` loads a
-timm state_dict with ``timm.models.load_checkpoint(..., strict=True, weights_only=True)``.
+timm state_dict with ``timm.models.load_checkpoint(..., strict=True, weights_only=True)``; the model is
+built with as many classes as the file's classifier weight has rows (``checkpoint_num_classes``), so
+a head trained on any label space (8 shapes, 200 ImageNet-R classes, ...) loads as it was saved.
+``@FOLDER`` loads timm's own export layout (``timm.models.save_for_hf``: ``config.json`` with the
+architecture, ``model_args`` and ``pretrained_cfg``, beside ``model.safetensors`` or
+``pytorch_model.bin``) with ``timm.create_model("local-dir:FOLDER", pretrained=True)``, so the saved
+class count, constructor arguments (e.g. ``img_size``) and preprocessing (``input_size``, mean, std,
+crop) come with the weights.
 
 Features are ``forward_head(forward_features(x), pre_logits=True)`` and ``classify`` applies
 ``get_classifier()`` to them, so ``classify(encode_image(x))`` equals ``model(x)``.
@@ -11,6 +18,7 @@ Features are ``forward_head(forward_features(x), pre_logits=True)`` and ``classi
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,9 @@ _SAFE_ALTERNATIVES = {
     "pytorch_model.bin": "model.safetensors",
     "open_clip_pytorch_model.bin": "open_clip_model.safetensors",
 }
+#: The weights files ``save_for_hf`` writes, in the order timm's folder reader prefers them
+#: (``timm.models._hub.load_state_dict_from_path``), so the file checked here is the file timm loads.
+LOCAL_DIR_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 class TimmAdapter(ModelAdapter):
@@ -71,6 +82,7 @@ class _Located:
     checkpoint: Path | None  # a pretrained file in a cache, or the @PATH file; None: random or download
     fingerprint: str | None  # None: hash the built random weights
     source: str
+    local_dir: Path | None = None  # an @FOLDER in timm's export layout (``checkpoint`` is its weights file)
 
 
 def load_timm(spec: ModelId, device: torch.device, precision: str) -> TimmAdapter:
@@ -118,8 +130,12 @@ def load_timm(spec: ModelId, device: torch.device, precision: str) -> TimmAdapte
 def _build(spec: ModelId, located: _Located) -> torch.nn.Module:
     """timm.create_model in fp32 on the CPU, seeded, weights loaded, in eval mode."""
     with W.seeded_init(spec.random_seed or 0), library_errors(f"{spec}: timm could not build it"):
-        if spec.path is not None:
-            model = timm.create_model(spec.name, pretrained=False)
+        if located.local_dir is not None:
+            model = timm.create_model(f"local-dir:{located.local_dir}", pretrained=True)
+        elif spec.path is not None:
+            num_classes = checkpoint_num_classes(spec.name, located.checkpoint)
+            head = {} if num_classes is None else {"num_classes": num_classes}
+            model = timm.create_model(spec.name, pretrained=False, **head)
             timm.models.load_checkpoint(model, str(located.checkpoint), strict=True, weights_only=True)
         elif spec.random_seed is not None:
             model = timm.create_model(spec.name, pretrained=False)
@@ -132,15 +148,56 @@ def _build(spec: ModelId, located: _Located) -> torch.nn.Module:
     return model.eval()
 
 
+def checkpoint_num_classes(name: str, path: Path) -> int | None:
+    """Rows of the classifier weight in the timm checkpoint ``path`` of model ``name``, or None.
+
+    The weight is ``<classifier>.weight``, with ``<classifier>`` the module timm's pretrained config
+    names (``fc`` for a ResNet, ``head`` for a ViT, ``head.fc`` for a ConvNeXt). The file is read with
+    ``timm.models.load_state_dict`` (``weights_only=True``), the reader ``load_checkpoint`` uses, so a
+    training checkpoint (``state_dict``, EMA weights, a ``module.`` prefix) is read as timm reads it.
+    None for NumPy files and for files without that weight: the model keeps timm's default head.
+    """
+    if path.suffix.lower() in (".npz", ".npy"):
+        return None
+    cfg = timm.models.get_pretrained_cfg(name)
+    classifier = cfg.classifier if cfg is not None else None
+    if isinstance(classifier, (tuple, list)):  # distilled models name two heads; the first is the class head
+        classifier = classifier[0]
+    if not classifier:
+        return None
+    weight = timm.models.load_state_dict(str(path), weights_only=True).get(f"{classifier}.weight")
+    return None if weight is None else int(weight.shape[0])
+
+
 def _locate(spec: ModelId) -> _Located:
     if spec.path is not None:
         path = Path(spec.path).expanduser()
+        if path.is_dir():
+            return _locate_local_dir(spec, path)
         if not path.is_file():
             raise ModelError(f"{spec}: checkpoint file {path} does not exist")
         return _Located(path, W.sha256_file(path), f"file:{path.resolve()}")
     if spec.random_seed is not None:
         return _Located(None, None, f"random:{spec.random_seed}")
     return _locate_tag(spec)
+
+
+def _locate_local_dir(spec: ModelId, folder: Path) -> _Located:
+    """A folder in timm's export layout: ``config.json`` naming ``spec.arch``, and the first of
+    ``LOCAL_DIR_WEIGHTS`` in it. The fingerprint covers both files."""
+    config = folder / "config.json"
+    weights = next((folder / name for name in LOCAL_DIR_WEIGHTS if (folder / name).is_file()), None)
+    if not config.is_file() or weights is None:
+        missing = "config.json" if not config.is_file() else " or ".join(LOCAL_DIR_WEIGHTS)
+        raise ModelError(f"{spec}: folder {folder} has no {missing} (expected timm's save_for_hf layout)")
+    try:
+        architecture = json.loads(config.read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"{spec}: {config} is not a timm config ({e})") from e
+    if architecture != spec.arch:
+        raise ModelError(f"{spec}: {config} describes a {architecture!r} model, not {spec.arch!r}")
+    fingerprint = W.sha256_text(f"{W.sha256_file(config)}|{W.sha256_file(weights)}")
+    return _Located(weights, fingerprint, f"local-dir:{folder.resolve()}", local_dir=folder.resolve())
 
 
 def _safe_alternatives(filename: str) -> list[str]:

@@ -1,0 +1,62 @@
+"""`embedstore demo` end to end at reduced size: the numbers are sane and a second run reuses everything."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from embedstore.demo.run import run_demo
+from embedstore_cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    cache = tmp_path_factory.mktemp("cache")
+    start = time.perf_counter()
+    summary = run_demo(out, size="small", cache_dir=cache, log=lambda m: None, progress=False, workers=0)
+    return summary, cache, time.perf_counter() - start
+
+
+def test_demo_numbers_are_sane(demo):
+    summary, _, _ = demo
+    n = summary.numbers
+    clip = n["toy-clip"]
+    assert clip["acc1_shapes"] > 0.5, "toy CLIP must be far above chance (12.5%) on shapes"
+    assert clip["acc1_sketch"] < clip["acc1_shapes"], "the style shift must cost accuracy"
+    assert n["mcm_auroc"] > 0.5
+    assert n["nll_after"] <= n["nll_before"] + 1e-9, "temperature scaling must not raise NLL"
+    for name in ("toy-classifier", "toy-finetuned-clip"):
+        assert n[name]["acc1_shapes"] > 0.5
+    assert (summary.report / "index.html").is_file()
+    analyses = {r["analysis"] for r in __import__("embedstore.store", fromlist=["Store"]).Store.open(summary.store).query(
+        "SELECT DISTINCT analysis FROM results")}  # fmt: skip
+    assert {"zeroshot", "prompts", "calibration", "ood", "retrieval", "robustness", "factors", "shape_bias",
+            "probe"} <= analyses  # fmt: skip
+
+
+def test_second_run_reuses_models_and_arrays(demo):
+    summary, cache, first_seconds = demo
+    start = time.perf_counter()
+    again = run_demo(summary.store.parent, size="small", cache_dir=cache, log=lambda m: None, progress=False,
+                     workers=0, report=False)  # fmt: skip
+    seconds = time.perf_counter() - start
+    assert again.seconds["models"] < 10 and again.seconds["extract"] < 30
+    assert seconds < first_seconds
+    assert again.numbers["toy-clip"]["acc1_shapes"] == summary.numbers["toy-clip"]["acc1_shapes"]
+
+
+def test_demo_command_prints_the_summary_and_next_commands(demo, monkeypatch):
+    summary, cache, _ = demo
+    monkeypatch.setenv("EMBEDSTORE_CACHE", str(cache.parent))
+    import embedstore.demo.run as demo_run
+
+    original = demo_run.run_demo
+    monkeypatch.setattr("embedstore_cli.demo_command.run_demo",
+                        lambda out, **kw: original(out, cache_dir=cache, workers=0, **kw))  # fmt: skip
+    result = CliRunner().invoke(cli, ["demo", "--out", str(summary.store.parent), "--size", "small", "--no-report",
+                                      "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "toy CLIP zero-shot acc1" in result.output and "embedstore sql --store" in result.output
