@@ -24,28 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from embedstore.analysis.factors import IMAGENET_X_FACTORS
 from embedstore.errors import DatasetError
 from embedstore.sources.base import Sample
 
-#: The 16 ImageNet-X factors in imagenetx's order (``imagenet_x/utils.py FACTORS``).
-FACTORS = (
-    "pose",
-    "background",
-    "pattern",
-    "color",
-    "smaller",
-    "shape",
-    "partial_view",
-    "subcategory",
-    "texture",
-    "larger",
-    "darker",
-    "object_blocking",
-    "person_blocking",
-    "style",
-    "brighter",
-    "multiple_objects",
-)
+#: The 16 ImageNet-X factors in imagenetx's order (``imagenet_x/utils.py FACTORS``), defined once.
+FACTORS = IMAGENET_X_FACTORS
 SPLITS = ("val", "train")
 PROTOTYPES_FILE = "prototypical_paths.csv"
 
