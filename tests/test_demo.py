@@ -10,6 +10,9 @@ from click.testing import CliRunner
 from embedstore.demo.run import run_demo
 from embedstore_cli.main import cli
 
+# The module fixture trains the full toy recipe once (about 8 minutes on 2 quiet cores).
+pytestmark = pytest.mark.timeout(2400)
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
