@@ -10,6 +10,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import timm
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 
 from embedstore.demo import models as demo
 from embedstore.demo.models import ToyRecipe, default_cache_dir, read_manifest, train_toy_models
-from embedstore.demo.training import Schedule, learning_rate_factor
+from embedstore.demo.shapes_data import load_shapes
+from embedstore.demo.training import Schedule, learning_rate_factor, train_contrastive
 from embedstore.errors import ModelError
 from embedstore.extract.plan import DatasetPlan, Plan, Settings
 from embedstore.extract.runner import run_extraction
@@ -26,6 +28,7 @@ from embedstore.models import load_model, parse_model_id
 from embedstore.models import weights as W
 from embedstore.models.openclip_classifier_adapter import HEAD_KEY, save_openclip_classifier
 from embedstore.models.timm_adapter import checkpoint_num_classes
+from embedstore.sources import open_dataset
 from embedstore.store import Store
 
 #: A few optimisation steps on a few images: fast, and enough to exercise every code path.
@@ -46,7 +49,9 @@ QUICK = ToyRecipe(
 def quick_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[str]]:
     folder = tmp_path_factory.mktemp("demo-cache") / "demo"
     messages: list[str] = []
+    threads = torch.get_num_threads()
     plans = train_toy_models(folder, seed=3, progress=messages.append, recipe=QUICK)
+    assert torch.get_num_threads() == threads  # training runs on one thread, then restores the count
     return folder, plans, messages
 
 
@@ -197,6 +202,21 @@ def test_an_unwritable_cache_folder_is_one_clear_error(tmp_path: Path) -> None:
     assert "\n" not in str(e.value)
 
 
+def test_contrastive_training_updates_only_the_embedding_rows_of_caption_tokens() -> None:
+    clip = load_model("openclip:embedstore-tiny@random:2")
+    pairs = load_shapes("shapes-captions", 8, 0, clip.pil_transform)
+    tokens = clip.tokenize([c for captions in pairs.captions for c in captions]).reshape(8, 5, -1)
+    before = clip.module.token_embedding.weight.detach().clone()
+    losses = train_contrastive(clip.module, pairs, tokens, Schedule(steps=3, batch_size=4, lr=1e-2),
+                               torch.Generator().manual_seed(0))  # fmt: skip
+    after = clip.module.token_embedding.weight.detach()
+    used = torch.zeros(len(after), dtype=torch.bool)
+    used[tokens.unique()] = True
+    changed = (after != before).any(dim=1)
+    assert len(losses) == 3 and changed.any() and not changed[~used].any()
+    assert not clip.module.token_embedding.sparse and not clip.module.training
+
+
 def test_learning_rate_warms_up_linearly_then_decays_by_a_cosine() -> None:
     schedule = Schedule(steps=20, batch_size=1, lr=1.0, warmup_fraction=0.1)
     factors = [learning_rate_factor(step, schedule) for step in range(20)]
@@ -235,6 +255,46 @@ def test_timm_class_count_is_read_from_training_checkpoints_and_safetensors(tmp_
     assert checkpoint_num_classes("test_vit", headless) is None  # timm's default head: the load reports it missing
     with pytest.raises(ModelError, match="Missing key"):
         load_model(f"timm:test_vit@{headless}")
+
+
+def _export(model: torch.nn.Module, folder: Path, size: int) -> Path:
+    timm.models.save_for_hf(model, str(folder), data_config={"input_size": (3, size, size)}, safe_serialization=True)
+    return folder
+
+
+def test_timm_export_folder_brings_its_classes_constructor_arguments_and_preprocessing(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=5, img_size=48).eval()
+    folder = _export(vit, tmp_path / "vit", 48)
+    adapter = load_model(f"timm:test_vit@{folder}")
+    assert adapter.num_classes == 5 and adapter.preprocess.size == (48, 48) and adapter.preprocess.resize == (50, 50)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = vit(x)
+    assert torch.equal(adapter.classify(adapter.encode_image(x)), expected)
+    assert adapter.metadata["weights_source"] == f"local-dir:{folder.resolve()}"
+    config, weights = folder / "config.json", folder / "model.safetensors"
+    assert adapter.fingerprint == W.sha256_text(f"{W.sha256_file(config)}|{W.sha256_file(weights)}")
+    config.write_text(config.read_text().replace('"crop_pct": 0.95', '"crop_pct": 1.0'))
+    changed = load_model(f"timm:test_vit@{folder}")
+    assert changed.fingerprint != adapter.fingerprint and changed.preprocess.resize == (48, 48)
+
+
+def test_timm_export_folders_that_do_not_fit_are_refused(tmp_path: Path) -> None:
+    folder = _export(timm.create_model("test_resnet", pretrained=False, num_classes=3), tmp_path / "resnet", 32)
+    with pytest.raises(ModelError, match=r"config.json describes a 'test_resnet' model, not 'test_vit'"):
+        load_model(f"timm:test_vit@{folder}")
+    (folder / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(ModelError, match="has no model.safetensors or pytorch_model.bin"):
+        load_model(f"timm:test_resnet@{folder}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="has no config.json"):
+        load_model(f"timm:test_resnet@{empty}")
+    (empty / "config.json").write_text("{oops")
+    (empty / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ModelError, match="is not a timm config"):
+        load_model(f"timm:test_resnet@{empty}")
 
 
 # --- openclip-classifier: a CLIP image tower with a linear head --------------------------------------------
@@ -318,11 +378,23 @@ def test_openclip_classifier_files_without_a_fitting_head_are_refused(finetuned_
 
 
 @pytest.mark.slow
-def test_full_recipe_toy_clip_is_far_above_chance_zero_shot_and_worse_on_sketches(tmp_path: Path) -> None:
+def test_full_recipe_models_reach_their_accuracies_through_the_store(tmp_path: Path) -> None:
+    """The default recipe (about 75 s): the toy CLIP is far above chance zero-shot on shapes the
+    demo would extract (seed 0, never trained on) and near chance on sketches; the classifier and the
+    fine-tuned CLIP beat it on shapes. Accuracies come from the extracted logits, not the manifest."""
     plans = train_toy_models(tmp_path / "demo", seed=0)
-    accuracy = read_manifest(tmp_path / "demo")["models"]
-    clip = accuracy["toy-clip"]["accuracy"]
-    assert clip["shapes"] > 0.6 and clip["shapes-sketch"] < clip["shapes"] - 0.2
-    assert accuracy["toy-classifier"]["accuracy"]["shapes"] > 0.8
-    assert accuracy["toy-finetuned-clip"]["accuracy"]["shapes"] > clip["shapes"]
-    assert load_model(plans["toy-clip"].id).kind == "clip"
+    store = Store.create(tmp_path / "store")
+    datasets = tuple(DatasetPlan(v, f"synthetic:{v}?n=256&seed=0") for v in ("shapes", "shapes-sketch"))
+    settings = Settings(workers=0, device="cpu", batch_size=128, chunk_rows=256)
+    run_extraction(store, Plan(tuple(plans.values()), datasets, settings), log=lambda _m: None, progress=False)
+    accuracy = {}
+    for dataset in ("shapes", "shapes-sketch"):
+        labels = np.array([s.label for s in open_dataset(dataset, f"synthetic:{dataset}?n=256&seed=0").samples])
+        for key, plan in plans.items():
+            logits = store.read_array(dataset, plan.id, "logits")
+            accuracy[key, dataset] = float(np.mean(np.argmax(logits, axis=1) == labels))
+    assert accuracy["toy-clip", "shapes"] > 0.6 and accuracy["toy-clip", "shapes-sketch"] < 0.3
+    assert accuracy["toy-classifier", "shapes"] > 0.85
+    assert accuracy["toy-finetuned-clip", "shapes"] > accuracy["toy-clip", "shapes"]
+    recorded = read_manifest(tmp_path / "demo")["models"]["toy-clip"]["accuracy"]["shapes"]
+    assert abs(recorded - accuracy["toy-clip", "shapes"]) < 0.1  # other images, same model

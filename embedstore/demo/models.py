@@ -1,13 +1,15 @@
 """The demo's three toy models, trained once on the shapes world and cached, loaded by ordinary ids.
 
-The study compares three groups of models; the demo trains one small model of each, on CPU, in
-about a minute, from generated data only (no download):
+The study compares three groups of models; the demo trains one small model of each, on one CPU
+thread in about 75 seconds, from generated data only (no download):
 
 - ``toy-clip`` — "zero-shot CLIP": open_clip's ``embedstore-toy`` config trained from a seeded random
   init with CLIP's contrastive loss on ``shapes-captions`` pairs ("a photo of a red triangle.");
-  extracted as ``openclip:embedstore-toy@DIR/toy_clip.pt`` (an open_clip state_dict).
+  extracted as ``openclip:embedstore-toy@DIR/toy_clip.pt`` (an open_clip state_dict). Zero-shot
+  top-1 on held-out ``shapes`` under the dataset's templates: 67-80% for seeds 0-3 (chance 12.5%);
+  on ``shapes-sketch`` about chance.
 - ``toy-classifier`` — "ImageNet classifier": timm's ``test_resnet`` with an 8-way head, at 32 px
-  (timm's test models default to 160 px, five times the training cost), trained from a seeded random
+  (timm's test models default to 160 px, about ten times the training cost), trained from a seeded random
   init with cross-entropy on ``shapes`` labels; ``timm:test_resnet@DIR/toy_classifier`` (a folder in
   timm's ``save_for_hf`` layout, whose ``config.json`` carries the class count and the 32-px
   preprocessing).
@@ -22,7 +24,9 @@ seeds below ``TRAIN_SEED_OFFSET`` never evaluates on a training image.
 
 Every model is trained with the preprocessing the extractor will apply to it: each starts as a
 model loaded by its id (``@random:SEED``, or the untrained timm folder), whose ``pil_transform``
-prepares the training images.
+prepares the training images. Training runs on one thread (``torch.set_num_threads(1)``, restored
+afterwards): models this small gain nothing from a second thread, and the weights then do not depend
+on the machine's core count.
 
 The cache folder (``default_cache_dir``) holds the three models and ``manifest.json``: the seed, the
 recipe (every step count, batch size, learning rate and image count), the data specs, the library
@@ -32,6 +36,7 @@ with the same seed and recipe reuses the models when every hash matches; anythin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -40,7 +45,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -93,13 +98,13 @@ class ToyRecipe:
 
     clip_arch: str = "embedstore-toy"
     clip_images: int = 2000
-    clip: Schedule = field(default_factory=lambda: Schedule(steps=600, batch_size=128, lr=3e-3))
+    clip: Schedule = field(default_factory=lambda: Schedule(steps=1200, batch_size=64, lr=3e-3))
     classifier_arch: str = "test_resnet"
     classifier_image_size: int = 32
     classifier_images: int = 1000
     classifier: Schedule = field(default_factory=lambda: Schedule(steps=150, batch_size=64, lr=3e-3, weight_decay=0.05))
-    finetune_images: int = 1000
-    finetune: Schedule = field(default_factory=lambda: Schedule(steps=100, batch_size=128, lr=5e-4, weight_decay=0.05))
+    finetune_images: int = 2000
+    finetune: Schedule = field(default_factory=lambda: Schedule(steps=200, batch_size=64, lr=3e-3, weight_decay=0.05))
     eval_images: int = 256
 
 
@@ -129,7 +134,7 @@ def train_toy_models(
     ``progress`` receives one-line messages. Raises ``ModelError`` when the folder is not writable.
     """
     recipe = recipe or ToyRecipe()
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()).absolute()
     say = progress or (lambda _message: None)
     manifest = None if retrain else read_manifest(folder)
     if manifest is not None and _reusable(manifest, folder, seed, recipe):
@@ -209,12 +214,13 @@ def _train_all(folder: Path, seed: int, recipe: ToyRecipe, say: Progress) -> dic
     overrides = metadata_overrides(recipe)
     train_seed, eval_seed = TRAIN_SEED_OFFSET + seed, EVAL_SEED_OFFSET + seed
     say(f"training the demo's toy models into {folder} (seed {seed}; once, reused afterwards)")
-    clip, clip_entry = _train_clip(folder, seed, train_seed, eval_seed, recipe, say)
-    entries = {
-        TOY_CLIP: clip_entry,
-        TOY_CLASSIFIER: _train_classifier(folder, seed, train_seed, eval_seed, recipe, say),
-        TOY_FINETUNED_CLIP: _train_finetuned(folder, clip, seed, train_seed, eval_seed, recipe, say),
-    }
+    with _one_thread():
+        clip, clip_entry = _train_clip(folder, seed, train_seed, eval_seed, recipe, say)
+        entries = {
+            TOY_CLIP: clip_entry,
+            TOY_CLASSIFIER: _train_classifier(folder, seed, train_seed, eval_seed, recipe, say),
+            TOY_FINETUNED_CLIP: _train_finetuned(folder, clip, seed, train_seed, eval_seed, recipe, say),
+        }
     for key, entry in entries.items():
         path = folder / FILES[key]
         entry.update(file=FILES[key], sha256=_content_hash(path), model_id=ids[key], metadata=overrides[key])
@@ -327,6 +333,17 @@ def _entry(train_spec: str, losses: list[float], seconds: float, accuracy: dict[
 
 def _percentages(accuracy: dict[str, float]) -> str:
     return ", ".join(f"{variant} {100 * value:.1f}%" for variant, value in accuracy.items())
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's intra-op thread count set to 1 for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

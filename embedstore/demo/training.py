@@ -9,12 +9,17 @@
 Both use ``fit``: AdamW without weight decay on gains, biases and the logit scale (open_clip's
 ``main.py`` exclusion rule), linear warm-up then cosine decay to 0 (open_clip's ``cosine_lr``),
 batches drawn with replacement from a seeded generator, so a run is a function of its seed.
+
+The CLIP token embedding (49,408 rows, of which the shapes world's captions use about 70) is
+trained with sparse gradients and ``torch.optim.SparseAdam`` (lazy Adam: only the rows of the
+batch's tokens are updated, without weight decay): a dense AdamW step over all rows costs a third
+of a small model's training step on a CPU and changes nothing for rows no caption uses.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,36 +63,42 @@ def fit(
     schedule: Schedule,
     generator: torch.Generator,
     *,
+    sparse: Sequence[torch.nn.Parameter] = (),
     after_step: Callable[[], None] | None = None,
     progress: Progress | None = None,
     label: str = "training",
 ) -> list[float]:
     """Minimise ``batch_loss(rows)`` over ``schedule.steps`` batches of row indices into ``0..n_rows-1``.
 
-    Returns the loss of every step. ``progress`` is told about a tenth of the way at a time.
+    Parameters in ``sparse`` (they must receive sparse gradients) are updated by ``SparseAdam``, the
+    others by AdamW; both follow the same learning-rate schedule. Returns the loss of every step.
+    ``progress`` is told about a tenth of the way at a time.
     """
+    sparse_ids = {id(p) for p in sparse}
     decay, no_decay = [], []
     for name, parameter in named_parameters:
-        if not parameter.requires_grad:
+        if not parameter.requires_grad or id(parameter) in sparse_ids:
             continue
         excluded = parameter.ndim < 2 or "bias" in name or "logit_scale" in name
         (no_decay if excluded else decay).append(parameter)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": schedule.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=schedule.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, schedule))
+    betas, eps = (0.9, 0.98), 1e-6
+    groups = [{"params": decay, "weight_decay": schedule.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizers = [torch.optim.AdamW(groups, lr=schedule.lr, betas=betas, eps=eps)]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(list(sparse), lr=schedule.lr, betas=betas, eps=eps))
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: learning_rate_factor(step, schedule))
+                  for o in optimizers]  # fmt: skip
     losses = []
     report_every = max(1, schedule.steps // 10)
     for step in range(schedule.steps):
         rows = torch.randint(0, n_rows, (schedule.batch_size,), generator=generator)
         loss = batch_loss(rows)
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
+        for optimizer, scheduler in zip(optimizers, schedulers):
+            optimizer.step()
+            scheduler.step()
         if after_step is not None:
             after_step()
         losses.append(float(loss.detach()))
@@ -108,7 +119,8 @@ def train_contrastive(
 
     ``tokens`` ``[n, K, L]`` are the tokenised captions of ``data`` (K per image); each step pairs
     every drawn image with one of its K captions, drawn uniformly. The loss is ``ClipLoss`` on the
-    normalised embeddings with the model's ``exp(logit_scale)``.
+    normalised embeddings with the model's ``exp(logit_scale)``. The token embedding is trained
+    sparsely (module docstring) and left dense again afterwards.
     """
     loss_fn = ClipLoss()
     n_captions = tokens.shape[1]
@@ -123,11 +135,17 @@ def train_contrastive(
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOG_LOGIT_SCALE)
 
+    embedding = getattr(model, "token_embedding", None)  # CLIP's own text tower (not an HF text tower)
+    sparse = [embedding.weight] if isinstance(embedding, torch.nn.Embedding) else []
     model.train()
+    if sparse:
+        embedding.sparse = True
     try:
-        return fit(model.named_parameters(), batch_loss, len(data), schedule, generator,
+        return fit(model.named_parameters(), batch_loss, len(data), schedule, generator, sparse=sparse,
                    after_step=clamp_scale, progress=progress, label="toy CLIP")  # fmt: skip
     finally:
+        if sparse:
+            embedding.sparse = False
         model.eval()
 
 
