@@ -38,11 +38,20 @@ def demo_command(out: str, retrain: bool, size: str, no_report: bool, no_progres
     click.echo(f"  toy CLIP zero-shot acc1: {_pct(clip['acc1_shapes'])} on shapes (chance 12.5%), "
                f"{_pct(clip['acc1_sketch'])} on shapes-sketch")  # fmt: skip
     for name in ("toy-classifier", "toy-finetuned-clip"):
-        click.echo(f"  {name} acc1: {_pct(n[name]['acc1_shapes'])} on shapes, {_pct(n[name]['acc1_sketch'])} on shapes-sketch")
-    click.echo(f"  OOD (shapes vs shapes-ood), toy CLIP: MCM AUROC {_num(n['mcm_auroc'])}, MSP AUROC {_num(n['msp_auroc'])}")
-    click.echo(f"  calibration, toy CLIP on shapes: T = {_num(n['temperature'])}, NLL {_num(n['nll_before'])} -> {_num(n['nll_after'])}")
+        click.echo(
+            f"  {name} acc1: {_pct(n[name]['acc1_shapes'])} on shapes, {_pct(n[name]['acc1_sketch'])} on shapes-sketch"
+        )
+    click.echo(
+        f"  OOD (shapes vs shapes-ood), toy CLIP: MCM AUROC {_num(n['mcm_auroc'])}, MSP AUROC {_num(n['msp_auroc'])}"
+    )
+    click.echo(
+        f"  calibration, toy CLIP on shapes: T = {_num(n['temperature'])}, NLL {_num(n['nll_before'])} -> {_num(n['nll_after'])}"
+    )
     click.echo(f"  retrieval, toy CLIP: image_retrieval_recall@5 {_pct(n['recall@5'])}")
-    click.echo("  shape bias: " + ", ".join(f"{k} {_num(n[k]['shape_bias'])}" for k in ("toy-clip", "toy-classifier", "toy-finetuned-clip")))
+    click.echo(
+        "  shape bias: "
+        + ", ".join(f"{k} {_num(n[k]['shape_bias'])}" for k in ("toy-clip", "toy-classifier", "toy-finetuned-clip"))
+    )
     click.echo(f"\nstore:  {summary.store}")
     if summary.report:
         click.echo(f"report: {summary.report / 'index.html'}")

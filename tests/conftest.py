@@ -19,6 +19,7 @@ except ImportError:
 
 from embedstore.store import Store  # noqa: E402
 
+
 @pytest.fixture
 def store(tmp_path) -> Store:
     return Store.create(tmp_path / "store")

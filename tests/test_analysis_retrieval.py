@@ -8,9 +8,9 @@ import pytest
 import torch
 from clip_benchmark.metrics.zeroshot_retrieval import batchify, recall_at_k
 
-from embedstore.analysis.retrieval import retrieval_recall
+from embedstore.analysis.retrieval import retrieval_recall, retrieval_recall_through
 from embedstore.errors import AnalysisError
-from embedstore.index import IndexSpec
+from embedstore.index import IndexSpec, build_index, build_index_from_spec
 
 # 3 images (basis vectors) and 6 captions, 2 per image, with hand-computed ranks:
 # text -> image ranks [0, 1, 0, 1, 1, 2]; image -> text ranks [0, 0, 1] (caption 3 outscores image 2's own).
@@ -199,6 +199,25 @@ def test_approximate_index_recall_is_reported_and_drops_with_stingy_parameters()
     stingy = retrieval_recall(images, captions, owner, search=IndexSpec(kind="ivf", nlist=16, nprobe=1))
     assert stingy.index_recall_vs_exact["image_retrieval"] < 0.9
     assert set(stingy.metrics) == set(exact.metrics)
+
+
+def test_given_indexes_give_what_building_them_gives():
+    images, captions, owner = _random_retrieval_set(9, n_images=200)
+    spec = IndexSpec(kind="ivf", nlist=8, nprobe=2)
+    built = retrieval_recall(images, captions, owner, search=spec, seed=3)
+    indexes = {
+        "image_retrieval": build_index_from_spec(images, spec, seed=3),
+        "text_retrieval": build_index_from_spec(captions, spec, seed=3),
+    }
+    given = retrieval_recall_through(images, captions, owner, indexes)
+    assert given.metrics == built.metrics
+    assert given.index_recall_vs_exact == built.index_recall_vs_exact and given.index_params == built.index_params
+    mixed = retrieval_recall_through(images, captions, owner, {**indexes, "text_retrieval": build_index(captions, "flat")})
+    assert mixed.search == "flat+ivf" and set(mixed.index_recall_vs_exact) == {"image_retrieval"}
+    with pytest.raises(AnalysisError, match="the text_retrieval index holds 200 x 24 vectors but the captions are"):
+        retrieval_recall_through(images, captions, owner, {**indexes, "text_retrieval": indexes["image_retrieval"]})
+    with pytest.raises(AnalysisError, match="indexes needs an 'image_retrieval' index"):
+        retrieval_recall_through(images, captions, owner, {"text_retrieval": indexes["text_retrieval"]})
 
 
 @pytest.mark.parametrize(

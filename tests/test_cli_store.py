@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -115,8 +117,9 @@ def test_errors_without_store(run, tmp_path):
 
 
 def test_installed_console_script(tmp_path):
-    exe = shutil.which("embedstore")
-    assert exe, "the embedstore console script is not on PATH"
+    beside_python = Path(sys.executable).parent / "embedstore"  # the venv's bin, also when it is not activated
+    exe = str(beside_python) if beside_python.is_file() else shutil.which("embedstore")
+    assert exe, "the embedstore console script is neither beside the interpreter nor on PATH"
     env = dict(os.environ, EMBEDSTORE_STORE=str(tmp_path / "s"))
     assert subprocess.run([exe, "init"], env=env, capture_output=True, text=True, check=True).returncode == 0
     out = subprocess.run([exe, "ls", "--json"], env=env, capture_output=True, text=True, check=True).stdout

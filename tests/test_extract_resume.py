@@ -54,7 +54,7 @@ def test_killed_runs_resume_bit_identical(tmp_path, reference):
     rng = random.Random(7)
     store_path = tmp_path / "store"
     kills = 0
-    for attempt in range(8):
+    for _attempt in range(8):
         proc = subprocess.Popen(_command(store_path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(rng.uniform(2.0, 6.0))
         if proc.poll() is not None:

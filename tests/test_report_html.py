@@ -20,6 +20,7 @@ from PIL import Image
 from test_report_figures import seed_study_results
 
 from embedstore.errors import AnalysisError
+from embedstore.report import html as report_html
 from embedstore.report.data import ReportData, ReportSelection
 from embedstore.report.html import write_report
 from embedstore.report.kinds import FIGURE_KINDS
@@ -162,11 +163,32 @@ def test_selection_restricts_the_tables_and_stale_figures_are_removed(study_repo
     assert "timm:resnet50.a1_in1k" in text
     assert list(summary.figures) == ["accuracy-on-the-line"]
     assert sorted(p.name for p in (tmp_path / "r" / "figures").iterdir()) == [
+        ".drawing-keys.json",
         "accuracy-on-the-line.png",
         "accuracy-on-the-line.svg",
     ]
     with pytest.raises(AnalysisError, match="unknown figure kind 'scatter'"):
         write_report(store, tmp_path / "r", kinds=["scatter"])
+
+
+def test_a_figure_with_unchanged_data_is_not_drawn_again(study_report, tmp_path, monkeypatch):
+    store, _ = study_report
+    write_report(store, tmp_path / "r", kinds=["shape-bias", "calibration"])
+    drawn: list[str] = []
+    real_save = report_html.save_figure
+    monkeypatch.setattr(report_html, "save_figure", lambda figure, path: drawn.append(path.name) or real_save(figure, path))
+    summary = write_report(store, tmp_path / "r", kinds=["shape-bias", "calibration"])
+    assert drawn == [] and set(summary.figures) == {"shape-bias", "calibration"}
+    (tmp_path / "r" / "figures" / "calibration.svg").unlink()  # a missing file is drawn again
+    write_report(store, tmp_path / "r", kinds=["shape-bias", "calibration"])
+    assert drawn == ["calibration.png", "calibration.svg"]
+    drawn.clear()
+    model = store.query("SELECT model FROM results WHERE analysis = 'shape_bias' LIMIT 1")[0]["model"]
+    rows = store.query("SELECT dataset, params FROM results WHERE analysis = 'shape_bias' AND model = ?", [model])
+    store.put_results("shape_bias", [("shape_bias", 0.123)], params=json.loads(rows[0]["params"]), model=model,
+                      dataset=rows[0]["dataset"])  # fmt: skip
+    write_report(store, tmp_path / "r", kinds=["shape-bias", "calibration"])
+    assert drawn == ["shape-bias.png", "shape-bias.svg"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium package)")

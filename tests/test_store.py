@@ -85,6 +85,20 @@ def test_partial_array_is_refused_unless_asked(store):
     assert out[:4].sum() == 16 and out[4:].sum() == 0
 
 
+def test_progress_recount_without_change_writes_nothing(store):
+    arr = _writer(store)
+    arr.write_chunk(0, np.ones((4, 4)))
+    updated = 'SELECT updated FROM arrays WHERE name = \'image_emb\''
+    store.update_array_progress("ds", "openclip:m@random", "image_emb")
+    first = store.query(updated)[0]["updated"]
+    again = store.update_array_progress("ds", "openclip:m@random", "image_emb")
+    assert store.query(updated)[0]["updated"] == first and (again.rows_done, again.status) == (4, "partial")
+    store.update_array_progress("ds", "openclip:m@random", "image_emb", seconds=2.5)
+    assert store.query(updated)[0]["updated"] > first
+    arr.write_chunk(1, np.ones((4, 4)))
+    assert store.update_array_progress("ds", "openclip:m@random", "image_emb").rows_done == 8
+
+
 @pytest.mark.parametrize("compression", ["none", "blosc-lz4", "zstd"])
 def test_reads_rows_by_slice_and_index_list(store, compression):
     data = np.arange(40, dtype="float32").reshape(10, 4)

@@ -34,14 +34,14 @@ exact search through the index backends (FAISS, GPU where present): ties then fo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from embedstore.errors import AnalysisError
-from embedstore.index import INDEX_KINDS, IndexSpec, build_index_from_spec
+from embedstore.index import INDEX_KINDS, IndexSpec, NNIndex, build_index_from_spec
 from embedstore.index.spec import positive_int
 from embedstore.index.vectors import as_row_matrix, prepared_rows, rows_within_budget
 
@@ -122,18 +122,17 @@ def retrieval_recall(
     the number of queries scored at once in exact search (default: a ~32 MiB score block); ``seed``
     fixes IVF training. Any K above the number of images or of captions raises AnalysisError.
     """
-    images = as_row_matrix(image_emb, "image_emb")
-    captions = as_row_matrix(caption_emb, "caption_emb")
-    if images.shape[1] != captions.shape[1]:
-        raise AnalysisError(f"image_emb has dimension {images.shape[1]} but caption_emb has {captions.shape[1]}")
-    owner = _caption_owners(caption_image, n_captions=captions.shape[0], n_images=images.shape[0])
-    ks = _checked_ks(ks, n_images=images.shape[0], n_captions=captions.shape[0])
+    images, captions, owner, ks = _checked_inputs(image_emb, caption_emb, caption_image, ks)
     spec = _search_spec(search)
     if batch_size is not None:
         batch_size = positive_int("batch_size", batch_size)
     if spec is None:
         return _exact_recall(images, captions, owner, ks, batch_size)
-    return _index_recall(images, captions, owner, ks, spec, device, seed)
+    indexes = {
+        IMAGE_RETRIEVAL: build_index_from_spec(images, spec, device=device, seed=seed),
+        TEXT_RETRIEVAL: build_index_from_spec(captions, spec, device=device, seed=seed),
+    }
+    return _recall_through(images, captions, owner, ks, indexes, device)
 
 
 def _exact_recall(
@@ -168,39 +167,84 @@ def _exact_recall(
     )
 
 
-def _index_recall(
+def retrieval_recall_through(
+    image_emb: object,
+    caption_emb: object,
+    caption_image: object,
+    indexes: Mapping[str, NNIndex],
+    ks: Iterable[int] = DEFAULT_KS,
+    *,
+    device: str = "auto",
+) -> RetrievalResult:
+    """Recall@K as :func:`retrieval_recall` computes it, searched through given indexes (e.g. saved
+    by ``embedstore index build`` and loaded): ``indexes["image_retrieval"]`` over the rows of
+    ``image_emb`` and ``indexes["text_retrieval"]`` over those of ``caption_emb``, both cosine
+    (``metric="ip"``, ``normalize=True``). ``device`` runs the exact search that
+    ``index_recall_vs_exact`` compares an ivf or hnsw index with."""
+    images, captions, owner, ks = _checked_inputs(image_emb, caption_emb, caption_image, ks)
+    galleries = {IMAGE_RETRIEVAL: images, TEXT_RETRIEVAL: captions}
+    for direction, gallery in galleries.items():
+        if direction not in indexes:
+            raise AnalysisError(f"indexes needs an {direction!r} index (over the {_GALLERY[direction]})")
+        index = indexes[direction]
+        _search_spec(index.spec)
+        if index.n != gallery.shape[0] or index.dim != gallery.shape[1]:
+            raise AnalysisError(
+                f"the {direction} index holds {index.n} x {index.dim} vectors but the {_GALLERY[direction]} are "
+                f"{gallery.shape[0]} x {gallery.shape[1]}"
+            )
+    return _recall_through(images, captions, owner, ks, indexes, device)
+
+
+_GALLERY = {IMAGE_RETRIEVAL: "images", TEXT_RETRIEVAL: "captions"}
+
+
+def _checked_inputs(
+    image_emb: object, caption_emb: object, caption_image: object, ks: Iterable[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
+    images = as_row_matrix(image_emb, "image_emb")
+    captions = as_row_matrix(caption_emb, "caption_emb")
+    if images.shape[1] != captions.shape[1]:
+        raise AnalysisError(f"image_emb has dimension {images.shape[1]} but caption_emb has {captions.shape[1]}")
+    owner = _caption_owners(caption_image, n_captions=captions.shape[0], n_images=images.shape[0])
+    return images, captions, owner, _checked_ks(ks, n_images=images.shape[0], n_captions=captions.shape[0])
+
+
+def _recall_through(
     images: np.ndarray,
     captions: np.ndarray,
     owner: np.ndarray,
     ks: tuple[int, ...],
-    spec: IndexSpec,
+    indexes: Mapping[str, NNIndex],
     device: str,
-    seed: int,
 ) -> RetrievalResult:
     captioned = np.unique(owner)
     image_ids = np.arange(images.shape[0])
+    searches = {  # direction -> (queries, each query's image, gallery, each gallery row's image)
+        IMAGE_RETRIEVAL: (captions, owner, images, image_ids),
+        TEXT_RETRIEVAL: (images[captioned], captioned, captions, owner),
+    }
     by_direction = {
-        IMAGE_RETRIEVAL: _index_search(captions, owner, images, image_ids, ks, spec, device, seed),
-        TEXT_RETRIEVAL: _index_search(images[captioned], captioned, captions, owner, ks, spec, device, seed),
+        direction: _index_search(indexes[direction], queries, query_label, gallery, gallery_label, ks, device)
+        for direction, (queries, query_label, gallery, gallery_label) in searches.items()
     }
     metrics = {
         f"{direction}_recall@{k}": by_direction[direction].recalls[k]
         for k in ks
         for direction in (IMAGE_RETRIEVAL, TEXT_RETRIEVAL)
     }
-    overlap = None
-    if spec.kind != "flat":
-        overlap = {direction: outcome.recall_vs_exact for direction, outcome in by_direction.items()}
+    kinds = {index.spec.kind for index in indexes.values()}
+    overlap = {d: o.recall_vs_exact for d, o in by_direction.items() if o.recall_vs_exact is not None}
     return RetrievalResult(
         metrics=metrics,
         ks=ks,
         n_images=images.shape[0],
         n_captions=captions.shape[0],
         n_text_retrieval_queries=int(captioned.size),
-        search=spec.kind,
-        backend=by_direction[IMAGE_RETRIEVAL].backend,
+        search="+".join(sorted(kinds)),
+        backend="+".join(dict.fromkeys(outcome.backend for outcome in by_direction.values())),
         index_params={direction: outcome.params for direction, outcome in by_direction.items()},
-        index_recall_vs_exact=overlap,
+        index_recall_vs_exact=overlap or None,
         image_retrieval_rank=None,
         text_retrieval_rank=None,
     )
@@ -285,25 +329,23 @@ class _IndexSearchOutcome:
 
 
 def _index_search(
+    index: NNIndex,
     queries: np.ndarray,
     query_label: np.ndarray,
     gallery: np.ndarray,
     gallery_label: np.ndarray,
     ks: tuple[int, ...],
-    spec: IndexSpec,
     device: str,
-    seed: int,
 ) -> _IndexSearchOutcome:
-    """Recall@K per K read from the top ids of an index over ``gallery``, and (ivf, hnsw) the
+    """Recall@K per K read from the top ids of ``index`` (over ``gallery``), and (ivf, hnsw) the
     index's 10-recall@10 against exact flat search."""
-    index = build_index_from_spec(gallery, spec, device=device, seed=seed)
     overlap_depth = min(INDEX_RECALL_DEPTH, gallery.shape[0])
     _, ids = index.search(queries, max(ks[-1], overlap_depth))
     found_label = np.where(ids >= 0, gallery_label[np.maximum(ids, 0)], -1)
     hit = found_label == query_label[:, None]
     recalls = {k: float(hit[:, :k].any(axis=1).mean()) for k in ks}
     recall_vs_exact = None
-    if spec.kind != "flat":
+    if index.spec.kind != "flat":
         exact = build_index_from_spec(gallery, IndexSpec(kind="flat"), device=device)
         _, exact_ids = exact.search(queries, overlap_depth)
         recall_vs_exact = _mean_overlap(ids[:, :overlap_depth], exact_ids)

@@ -79,16 +79,6 @@ def run_demo(
     progress: bool = True,
 ) -> DemoSummary:
     """Run the demo into ``out`` (``out/store``, ``out/report``); see the module docstring."""
-    from embedstore.evaluate.calibration import run_calibration
-    from embedstore.evaluate.factors import run_factors
-    from embedstore.evaluate.ood import OODSettings, run_ood
-    from embedstore.evaluate.probe import run_probe
-    from embedstore.evaluate.prompts import run_ablation
-    from embedstore.evaluate.retrieval import run_retrieval
-    from embedstore.evaluate.robustness import run_robustness
-    from embedstore.evaluate.shape_bias import run_shape_bias
-    from embedstore.evaluate.zeroshot import run_zeroshot
-
     out = Path(out)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -113,16 +103,8 @@ def run_demo(
 
     log("[3/4] analyses from the cache (no encoder is loaded)")
     mark = time.perf_counter()
-    run_zeroshot(store, models, [ID, V2, SKETCH, CUE, FACTORS])
-    run_ablation(store, [clip], [ID])
-    run_calibration(store, models, [ID, V2, SKETCH], calibrate_on=ID, split=0.5, seed=0)
-    run_ood(store, models, ID, [OOD], ["msp", "energy", "knn"], OODSettings(k=10))
-    run_ood(store, [clip], ID, [OOD], ["mcm"], OODSettings())
-    run_retrieval(store, [clip], [CAPTIONS])
-    run_robustness(store, models, ID, [V2, SKETCH])
-    run_factors(store, models, FACTORS)
-    run_shape_bias(store, models, CUE)
-    run_probe(store, [clip, ids[TOY_FINETUNED_CLIP]], ID, [V2, SKETCH])
+    with store.session():  # the demo owns its store: one catalog connection for every analysis
+        _run_analyses(store, ids, models, clip)
     timings["analyses"] = time.perf_counter() - mark
 
     report_dir = None
@@ -136,6 +118,29 @@ def run_demo(
         timings["report"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
     return DemoSummary(store_path, report_dir, ids, timings, demo_numbers(store, ids))
+
+
+def _run_analyses(store: Store, ids: dict[str, str], models: list[str], clip: str) -> None:
+    from embedstore.evaluate.calibration import run_calibration
+    from embedstore.evaluate.factors import run_factors
+    from embedstore.evaluate.ood import OODSettings, run_ood
+    from embedstore.evaluate.probe import run_probe
+    from embedstore.evaluate.prompts import run_ablation
+    from embedstore.evaluate.retrieval import run_retrieval
+    from embedstore.evaluate.robustness import run_robustness
+    from embedstore.evaluate.shape_bias import run_shape_bias
+    from embedstore.evaluate.zeroshot import run_zeroshot
+
+    run_zeroshot(store, models, [ID, V2, SKETCH, CUE, FACTORS])
+    run_ablation(store, [clip], [ID])
+    run_calibration(store, models, [ID, V2, SKETCH], calibrate_on=ID, split=0.5, seed=0)
+    run_ood(store, models, ID, [OOD], ["msp", "energy", "knn"], OODSettings(k=10))
+    run_ood(store, [clip], ID, [OOD], ["mcm"], OODSettings())
+    run_retrieval(store, [clip], [CAPTIONS])
+    run_robustness(store, models, ID, [V2, SKETCH])
+    run_factors(store, models, FACTORS)
+    run_shape_bias(store, models, CUE)
+    run_probe(store, [clip, ids[TOY_FINETUNED_CLIP]], ID, [V2, SKETCH])
 
 
 def store_model_id(store: Store, plan_id: str) -> str:

@@ -138,6 +138,11 @@ def clip_scores(
 def eval_data(store: Store, model: str, dataset: str, prompt_set: str | None = "default") -> EvalData:
     """Scores of a model on a dataset's usable labelled rows: zero-shot logits for CLIP models
     (under ``prompt_set``), head logits for classifiers (sliced to the dataset's class subset)."""
+    with store.session():  # one catalog connection for the burst of lookups
+        return _eval_data(store, model, dataset, prompt_set)
+
+
+def _eval_data(store: Store, model: str, dataset: str, prompt_set: str | None) -> EvalData:
     info = store.dataset_info(dataset)
     rows = usable_rows(store, dataset)
     if not len(rows):

@@ -33,15 +33,14 @@ import numpy as np
 from embedstore.analysis.retrieval import (
     DEFAULT_KS,
     IMAGE_RETRIEVAL,
-    INDEX_RECALL_DEPTH,
     TEXT_RETRIEVAL,
     RetrievalResult,
     retrieval_recall,
+    retrieval_recall_through,
 )
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import named_explicitly, resolve_datasets, resolve_models
 from embedstore.evaluate.indexes import CAPTION_ARRAY, IMAGE_ARRAY, Gallery, IndexRequest, read_gallery
-from embedstore.index import NNIndex, build_index
 from embedstore.index.spec import positive_int
 from embedstore.store import Store
 
@@ -166,7 +165,7 @@ def _evaluate(store: Store, model: str, dataset: str, ks: tuple[int, ...], index
                                   seed=index.seed)  # fmt: skip
     else:
         indexes = {direction: found for direction, (found, _) in by_direction.items()}
-        result = _recall_through(images, captions, owner, ks, indexes, device=index.device)
+        result = retrieval_recall_through(images.vectors, captions.vectors, owner, indexes, ks, device=index.device)
     return RetrievalRow(model, dataset, result, saved, seed)
 
 
@@ -174,48 +173,3 @@ def _caption_owners(store: Store, dataset: str, images: Gallery, captions: Galle
     """For each gallery caption, the position of its image in the image gallery."""
     sample_row = store.caption_table(dataset)["sample_row"][captions.rows]
     return np.searchsorted(images.rows, sample_row)
-
-
-def _recall_through(
-    images: Gallery,
-    captions: Gallery,
-    owner: np.ndarray,
-    ks: tuple[int, ...],
-    indexes: dict[str, NNIndex],
-    *,
-    device: str,
-) -> RetrievalResult:
-    """Recall@K read from the top ids of given indexes (one per direction, e.g. loaded from disk):
-    what :func:`retrieval_recall` computes for the indexes it builds. ``index_recall_vs_exact`` is
-    the mean ``|top-10 ∩ exact top-10| / 10`` (top ``min(10, gallery)``), exact = a flat index."""
-    captioned = np.unique(owner)
-    searches = {  # direction -> (queries, the image each query belongs to, gallery, each gallery row's image)
-        IMAGE_RETRIEVAL: (captions.vectors, owner, images.vectors, np.arange(len(images.rows))),
-        TEXT_RETRIEVAL: (images.vectors[captioned], captioned, captions.vectors, owner),
-    }
-    hits: dict[str, np.ndarray] = {}
-    overlap: dict[str, float] = {}
-    for direction, (queries, query_image, gallery, gallery_image) in searches.items():
-        index = indexes[direction]
-        depth = min(INDEX_RECALL_DEPTH, index.n)
-        _, ids = index.search(queries, max(ks[-1], depth))
-        hits[direction] = (ids >= 0) & (gallery_image[np.maximum(ids, 0)] == query_image[:, None])
-        if index.spec.kind != "flat":
-            _, exact = build_index(gallery, "flat", device=device).search(queries, depth)
-            found = ids[:, :depth]
-            shared = ((found[:, :, None] == exact[:, None, :]) & (found[:, :, None] >= 0)).any(axis=2)
-            overlap[direction] = float(shared.mean())
-    backends = dict.fromkeys(index.backend for index in indexes.values())
-    return RetrievalResult(
-        metrics={f"{d}_recall@{k}": float(hits[d][:, :k].any(axis=1).mean()) for k in ks for d in searches},
-        ks=ks,
-        n_images=len(images.rows),
-        n_captions=len(captions.rows),
-        n_text_retrieval_queries=int(captioned.size),
-        search=indexes[IMAGE_RETRIEVAL].spec.kind,
-        backend="+".join(backends),
-        index_params={direction: index.spec.params() for direction, index in indexes.items()},
-        index_recall_vs_exact=overlap or None,
-        image_retrieval_rank=None,
-        text_retrieval_rank=None,
-    )

@@ -265,64 +265,52 @@ def _write_all(array: StoreArray, data: np.ndarray) -> None:
         array.write_chunk(chunk, data[a:b])
 
 
+def _text_array(store: Store, dataset, adapter, plan: Plan, runtime: Runtime, ranks: Ranks, log: Log, name: str,
+                shape: tuple[int, ...], chunk_rows: int, kind: str, encode: Callable[[], np.ndarray]) -> None:  # fmt: skip
+    """Create or reopen one text array (rank 0 only) and write it whole with ``encode()`` unless it
+    is complete. The catalog work holds one connection; the encoding runs without it."""
+    dtype = plan.settings.dtype
+    fp, settings = _settings_fingerprint(runtime, plan, adapter, kind=kind, dtype=dtype)
+    with store.session():
+        array = _open_array(store, ranks, dataset, adapter, name, shape, dtype, chunk_rows, fp, settings, plan, runtime)
+        complete = not array.missing_chunks()
+        if complete:  # already written; record it (a killed run may have written it unrecorded)
+            store.update_array_progress(dataset.name, adapter.model_id, name)
+    if complete:
+        return
+    start = time.perf_counter()
+    values = encode()
+    _write_all(array, values.astype(dtype))
+    seconds = time.perf_counter() - start
+    rows = int(np.prod(values.shape[:-1]))
+    store.update_array_progress(dataset.name, adapter.model_id, name, seconds=seconds,
+                                rows_per_s=rows / max(seconds, 1e-9))  # fmt: skip
+    log(f"  {adapter.model_id}: {name} {list(shape)} ({rows} texts) in {seconds:.1f} s")
+
+
 def _extract_text(
     store: Store, dataset, adapter, plan: Plan, runtime: Runtime, ranks: Ranks, log: Log
 ) -> np.ndarray | None:
     """text_emb and caption_emb of one CLIP model (rank 0 encodes, the others read); returns the
     zero-shot classifier's text embeddings as stored, or None when the dataset has no classes."""
-    dtype = plan.settings.dtype
     text_emb = None
+    batch_size = plan.settings.batch_size
     if dataset.classnames:
-        templates = store.templates(dataset.name)
         # The template list is not in the fingerprint: it only grows (`embedstore prompts add` appends
         # templates and their embeddings) and the T axis of the shape is checked on reopening.
-        fp, settings = _settings_fingerprint(runtime, plan, adapter, kind="text", dtype=dtype)
-        shape = (len(dataset.classnames), len(templates), adapter.embed_dim)
+        templates = store.templates(dataset.name)
         if ranks.is_main:
-            array = _open_array(
-                store, ranks, dataset, adapter, "text_emb", shape, dtype, TEXT_CHUNK_ROWS, fp, settings, plan, runtime
-            )
-            if array.missing_chunks():
-                start = time.perf_counter()
-                values = encode_class_templates(adapter, dataset.classnames, templates, plan.settings.batch_size)
-                _write_all(array, values.astype(dtype))
-                store.update_array_progress(dataset.name, adapter.model_id, "text_emb", seconds=time.perf_counter() - start,
-                                            rows_per_s=values.shape[0] * values.shape[1] / max(time.perf_counter() - start, 1e-9))  # fmt: skip
-                log(
-                    f"  {adapter.model_id}: text_emb {list(shape)} ({shape[0] * shape[1]} prompts) in {time.perf_counter() - start:.1f} s"
-                )
-            else:  # already written; record it (a killed run may have written it unrecorded)
-                store.update_array_progress(dataset.name, adapter.model_id, "text_emb")
+            _text_array(store, dataset, adapter, plan, runtime, ranks, log, "text_emb",
+                        (len(dataset.classnames), len(templates), adapter.embed_dim), TEXT_CHUNK_ROWS, "text",
+                        lambda: encode_class_templates(adapter, dataset.classnames, templates, batch_size))  # fmt: skip
         ranks.barrier()
         text_emb = store.read_array(dataset.name, adapter.model_id, "text_emb")
     captions = [text for sample in dataset.samples for text in sample.captions]
     if captions:
-        fp, settings = _settings_fingerprint(runtime, plan, adapter, kind="captions", dtype=dtype)
-        shape = (len(captions), adapter.embed_dim)
         if ranks.is_main:
-            array = _open_array(
-                store,
-                ranks,
-                dataset,
-                adapter,
-                "caption_emb",
-                shape,
-                dtype,
-                plan.settings.chunk_rows,
-                fp,
-                settings,
-                plan,
-                runtime,
-            )
-            if array.missing_chunks():
-                start = time.perf_counter()
-                values = encode_texts(adapter, captions, plan.settings.batch_size)
-                _write_all(array, values.astype(dtype))
-                store.update_array_progress(dataset.name, adapter.model_id, "caption_emb", seconds=time.perf_counter() - start,
-                                            rows_per_s=len(captions) / max(time.perf_counter() - start, 1e-9))  # fmt: skip
-                log(f"  {adapter.model_id}: caption_emb {list(shape)} in {time.perf_counter() - start:.1f} s")
-            else:  # already written; record it (a killed run may have written it unrecorded)
-                store.update_array_progress(dataset.name, adapter.model_id, "caption_emb")
+            _text_array(store, dataset, adapter, plan, runtime, ranks, log, "caption_emb",
+                        (len(captions), adapter.embed_dim), plan.settings.chunk_rows, "captions",
+                        lambda: encode_texts(adapter, captions, batch_size))  # fmt: skip
         ranks.barrier()
     return text_emb
 
@@ -398,9 +386,12 @@ def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime:
         log(f"{dataset.name}: every array is complete; nothing to do")
     bar = _progress_bar(rows_todo, f"{dataset.name}", progress and ranks.is_main and rows_todo > 0)
     pass_start = time.perf_counter()
+    batches = iterate_prepared(
+        dataset, tasks, transforms, decode=runtime.decode, device=runtime.device, workers=settings.workers,
+        options=DecodeOptions(settings.pixel_limit),
+    ) if tasks else ()  # fmt: skip
     try:
-        for batch in iterate_prepared(dataset, tasks, transforms, decode=runtime.decode, device=runtime.device,
-                                      workers=settings.workers, options=DecodeOptions(settings.pixel_limit)):  # fmt: skip
+        for batch in batches:
             task = batch.task
             for job in jobs:
                 if task.chunk not in job.missing:

@@ -30,11 +30,13 @@ from typing import Any
 
 from embedstore.errors import AnalysisError
 from embedstore.report.data import ANALYSES, ReportData, ReportSelection, StoredResult
-from embedstore.report.kinds import FIGURE_KINDS, figure_kind, render, save_figure
+from embedstore.report.kinds import FIGURE_KINDS, drawing_key, figure_kind, save_figure
 from embedstore.store import Store, hash_object
 
 FIGURES_DIR = "figures"
 FIGURE_FORMATS = ("png", "svg")  # the page shows the PNG and links the SVG
+#: In the figures folder: each drawn kind's `drawing_key`; a later report whose key is equal keeps the files.
+DRAWING_KEYS = ".drawing-keys.json"
 REPORT_LIBRARIES = ("embedstore", "numpy", "scipy", "matplotlib", "duckdb", "zarr", "scikit-learn")
 PER_ITEM = "@"
 
@@ -56,7 +58,8 @@ def write_report(
 
     Only the figure ``kinds`` named (default: all of `FIGURE_KINDS`) are attempted; one whose data is
     missing is skipped with its reason. Files of an earlier report in ``out_dir`` are replaced, and its
-    figures of kinds not drawn this time are removed; other files there are left alone."""
+    figures of kinds not drawn this time are removed; other files there are left alone. A figure whose
+    `drawing_key` equals the earlier report's (same data, same versions) keeps its files undrawn."""
     names = list(kinds) if kinds is not None else list(FIGURE_KINDS)
     for name in names:
         figure_kind(name)
@@ -65,30 +68,53 @@ def write_report(
         raise AnalysisError(f"report folder {out} exists and is not a folder")
     figures_dir = out / FIGURES_DIR
     figures_dir.mkdir(parents=True, exist_ok=True)
-    data = ReportData.load(store, selection)
+    with store.session():
+        data = ReportData.load(store, selection)
+    keys_file = figures_dir / DRAWING_KEYS
+    earlier_keys = _read_drawing_keys(keys_file)
+    keys: dict[str, str] = {}
     drawn: dict[str, tuple[Path, ...]] = {}
     skipped: dict[str, str] = {}
     sections = []
     for name in names:
+        kind = FIGURE_KINDS[name]
         try:
-            rendered = render(name, data)
+            sourced = kind.build(data)
         except AnalysisError as reason:
             skipped[name] = str(reason)
-            sections.append(_skipped_section(FIGURE_KINDS[name].title, name, str(reason)))
+            sections.append(_skipped_section(kind.title, name, str(reason)))
             continue
-        files = tuple(save_figure(rendered.figure, figures_dir / f"{name}.{fmt}") for fmt in FIGURE_FORMATS)
+        files = tuple(figures_dir / f"{name}.{fmt}" for fmt in FIGURE_FORMATS)
+        keys[name] = drawing_key(name, sourced)
+        if keys[name] != earlier_keys.get(name) or not all(f.is_file() for f in files):
+            figure = kind.draw(sourced)
+            for f in files:
+                save_figure(figure, f)
         drawn[name] = files
-        sections.append(_figure_section(rendered.kind.title, name, rendered.kind.caption, rendered.notes,
-                                        rendered.sources, [f.relative_to(out) for f in files]))  # fmt: skip
+        sections.append(_figure_section(kind.title, name, kind.caption, sourced.notes, sourced.sources,
+                                        [f.relative_to(out) for f in files]))  # fmt: skip
     for name in set(FIGURE_KINDS) - set(drawn):
         for fmt in FIGURE_FORMATS:
             (figures_dir / f"{name}.{fmt}").unlink(missing_ok=True)
+    if keys:
+        keys_file.write_text(json.dumps(keys, indent=1, sort_keys=True))
+    else:
+        keys_file.unlink(missing_ok=True)
     _write_results_csv(out / "results.csv", data.results)
     (out / "params.json").write_text(json.dumps(_params_by_hash(data.results), indent=2, sort_keys=True, default=str))
     page = _page(data, sections, drawn, skipped)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return ReportSummary(index, drawn, skipped, len(data.results))
+
+
+def _read_drawing_keys(path: Path) -> dict[str, str]:
+    """The keys an earlier report recorded; an unreadable file just means every figure is drawn."""
+    try:
+        keys = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in keys.items() if isinstance(v, str)} if isinstance(keys, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -5,12 +5,16 @@ caption, what is plotted and in which convention. `FIGURE_KINDS` lists them expl
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 from matplotlib.figure import Figure
 
+import embedstore
 from embedstore.errors import AnalysisError
 from embedstore.report import data as report_data
 from embedstore.report import figures
@@ -139,6 +143,16 @@ def figure_kind(name: str) -> FigureKind:
     if name not in FIGURE_KINDS:
         raise AnalysisError(f"unknown figure kind {name!r}; choose from {', '.join(FIGURE_KINDS)}")
     return FIGURE_KINDS[name]
+
+
+def drawing_key(name: str, sourced: Sourced) -> str:
+    """sha256 of everything a figure's pixels depend on: the kind, the figure's data and subject, the
+    file formats' settings and the embedstore and matplotlib versions. Equal keys draw equal figures
+    (the report reuses the files of an earlier report with the same key); the data is hashed through
+    its pickle, so equal data may at worst give two keys (a needless redraw), never the reverse."""
+    blob = pickle.dumps((name, sourced.data, sourced.subject), protocol=5)
+    versions = (embedstore.__version__, matplotlib.__version__, PNG_DPI)
+    return hashlib.sha256(blob + repr(versions).encode()).hexdigest()
 
 
 def render(name: str, data: ReportData) -> RenderedFigure:

@@ -474,7 +474,16 @@ class Store:
             con.execute(
                 "UPDATE arrays SET path = ?, shape = ?, settings = ?, rows_done = ?, status = 'complete', updated = ? "
                 "WHERE dataset = ? AND model = ? AND name = ?",
-                [path, canonical_json(list(data.shape)), canonical_json(settings), data.shape[0], _now(), dataset, model, name],
+                [
+                    path,
+                    canonical_json(list(data.shape)),
+                    canonical_json(settings),
+                    data.shape[0],
+                    _now(),
+                    dataset,
+                    model,
+                    name,
+                ],
             )
         self.arrays.delete_array(info.path)
         return self._require_array(dataset, model, name)
@@ -482,11 +491,14 @@ class Store:
     def update_array_progress(
         self, dataset: str, model: str, name: str, *, seconds: float | None = None, rows_per_s: float | None = None
     ) -> ArrayInfo:
-        """Recount an array's done rows from its chunk markers into the catalog."""
+        """Recount an array's done rows from its chunk markers into the catalog (no write when the
+        count, the status and the timings are unchanged)."""
         info = self._require_array(dataset, model, name)
         arr = self.arrays.open_array(info.path)
         done = arr.rows_done()
         status = "complete" if done == info.rows_total else ("partial" if done else "pending")
+        if (done, status) == (info.rows_done, info.status) and seconds is None and rows_per_s is None:
+            return info  # nothing changed: no write, and ``updated`` keeps the time of the last real change
         with self.catalog.write() as con:
             con.execute(
                 "UPDATE arrays SET rows_done = ?, status = ?, updated = ?, seconds = coalesce(?, seconds), "
