@@ -24,7 +24,17 @@ def machine_info() -> dict:
     except ImportError:
         pass
     versions = {}
-    for package in ("numpy", "zarr", "duckdb", "h5py", "torch", "open_clip_torch", "faiss-cpu", "faiss-gpu", "embedstore"):
+    for package in (
+        "numpy",
+        "zarr",
+        "duckdb",
+        "h5py",
+        "torch",
+        "open_clip_torch",
+        "faiss-cpu",
+        "faiss-gpu",
+        "embedstore",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

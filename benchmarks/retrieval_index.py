@@ -5,7 +5,10 @@ queries of |top-10 ∩ exact top-10| / 10) and index bytes, printed as a table a
 machine's description to ``benchmarks/results/retrieval_index.json``.
 
     python benchmarks/retrieval_index.py                 # 100k x 512, CPU-friendly
-    python benchmarks/retrieval_index.py --n 1000000     # the 1M x 512
+    # the committed 1M x 512 runs (about 8 minutes each on 2 cores; the default 4*sqrt(n) = 4000 IVF
+    # cells would spend most of an hour in k-means there):
+    python benchmarks/retrieval_index.py --n 1000000 --nlist 1024 --nprobe 16 64 256 \
+        --hnsw-m 16 --ef-construction 40 --ef-search 64 256 [--data clustered --output ...clustered.json]
 
 The default data, uniform random unit vectors, is the hardest case for approximate search: in 512
 dimensions every point is nearly equidistant from every other, so there is no structure for IVF

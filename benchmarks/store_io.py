@@ -93,7 +93,9 @@ def run(rows: int, dim: int, repeats: int, chunk_rows: int, compression: str) ->
         out["store_open_and_read_s"] = _median_seconds(read_store_full_api, repeats)
         idx = np.sort(rng.choice(rows, size=1000, replace=False))
         out["store_read_1000_random_rows_s"] = _median_seconds(lambda: array.read(idx), repeats)
-        out["store_bytes_on_disk"] = sum(p.stat().st_size for p in (tmp / "store" / "arrays.zarr").rglob("*") if p.is_file())
+        out["store_bytes_on_disk"] = sum(
+            p.stat().st_size for p in (tmp / "store" / "arrays.zarr").rglob("*") if p.is_file()
+        )
     out["store_read_vs_npy"] = out["npy_read_s"] / out["store_read_s"]
     out["store_read_vs_h5"] = out["h5_read_s"] / out["store_read_s"]
     out["array_mb"] = mb
@@ -111,11 +113,17 @@ def main() -> None:
     results = {}
     for compression in ("blosc-lz4", "zstd", "none"):
         results[compression] = run(args.rows, args.dim, args.repeats, args.chunk_rows, compression)
-    print(f"{args.rows} x {args.dim} float16 ({results['none']['array_mb']:.1f} MB), warm reads, median of {args.repeats}")
+    print(
+        f"{args.rows} x {args.dim} float16 ({results['none']['array_mb']:.1f} MB), warm reads, median of {args.repeats}"
+    )
     print(f"{'':22}{'write s':>9}{'read s':>9}{'read MB/s':>11}{'x npy':>8}{'x h5':>7}{'disk MB':>9}")
     base = results["none"]
-    print(f"{'raw .npy':22}{base['npy_write_s']:9.3f}{base['npy_read_s']:9.4f}{base['array_mb'] / base['npy_read_s']:11.0f}{1:8.2f}{'':>7}{base['array_mb']:9.1f}")
-    print(f"{'h5py (chunked)':22}{base['h5_write_s']:9.3f}{base['h5_read_s']:9.4f}{base['array_mb'] / base['h5_read_s']:11.0f}{base['npy_read_s'] / base['h5_read_s']:8.2f}{'':>7}")
+    print(
+        f"{'raw .npy':22}{base['npy_write_s']:9.3f}{base['npy_read_s']:9.4f}{base['array_mb'] / base['npy_read_s']:11.0f}{1:8.2f}{'':>7}{base['array_mb']:9.1f}"
+    )
+    print(
+        f"{'h5py (chunked)':22}{base['h5_write_s']:9.3f}{base['h5_read_s']:9.4f}{base['array_mb'] / base['h5_read_s']:11.0f}{base['npy_read_s'] / base['h5_read_s']:8.2f}{'':>7}"
+    )
     for name, r in results.items():
         print(f"{'store ' + name:22}{r['store_write_s']:9.3f}{r['store_read_s']:9.4f}{r['array_mb'] / r['store_read_s']:11.0f}"
               f"{r['store_read_vs_npy']:8.2f}{r['store_read_vs_h5']:7.2f}{r['store_bytes_on_disk'] / 1e6:9.1f}")  # fmt: skip

@@ -113,7 +113,8 @@ def sql_command(store_path: str, statement: str, fmt: str, output: str | None) -
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @user_errors
 def rm_command(store_path: str, dataset: str | None, model: str | None, name: str | None, yes: bool) -> None:
-    """Delete arrays (and their catalog rows) so they can be extracted again."""
+    """Delete arrays (their catalog rows, chunks and saved indexes) so they can be extracted again;
+    refused while an extraction of their dataset runs."""
     if not (dataset or model or name):
         raise click.UsageError("name at least one of --dataset, --model, --array")
     store = Store.open(store_path, readonly=False)
@@ -123,5 +124,8 @@ def rm_command(store_path: str, dataset: str | None, model: str | None, name: st
         return
     if not yes:
         click.confirm(f"delete {len(infos)} array(s)?", abort=True)
-    n = store.delete_arrays(dataset, model, name)
-    click.echo(f"deleted {n} array(s)")
+    from embedstore.remove import remove_arrays
+
+    removed = remove_arrays(store, dataset, model, name)
+    indexes = f" and {removed.saved_indexes} saved index(es)" if removed.saved_indexes else ""
+    click.echo(f"deleted {removed.arrays} array(s){indexes}")

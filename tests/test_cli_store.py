@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from embedstore.extract.lock import extraction_locks
 from embedstore_cli.main import cli
 
 
@@ -111,6 +112,22 @@ def test_rm_deletes_arrays(run, tmp_path, matrix):
     assert json.loads(run("ls", "--json").output)["arrays"] == []
 
 
+def test_rm_takes_the_saved_indexes_along_and_waits_for_no_extraction(run, tmp_path, matrix):
+    run("init")
+    for model in ("m1", "m2"):
+        run("import", "--dataset", "ds", "--model", model, "--array", "image_emb", tmp_path / "emb.npy",
+            "--keys", tmp_path / "keys.txt")  # fmt: skip
+        run("index", "build", "--model", model, "--dataset", "ds", "--kind", "flat")
+    indexes = tmp_path / "store" / "indexes"
+    assert len(list(indexes.rglob("*.json"))) == 2
+    with extraction_locks(tmp_path / "store", ["ds"]):
+        refused = run("rm", "--model", "m1", "--yes", ok=False)
+    assert refused.exit_code == 1 and "dataset ds of store" in refused.output and "is being extracted by" in refused.output
+    assert len(json.loads(run("ls", "--json").output)["arrays"]) == 2 and len(list(indexes.rglob("*.json"))) == 2
+    assert "deleted 1 array(s) and 1 saved index(es)" in run("rm", "--model", "m1", "--yes").output
+    assert [p.parent.name for p in indexes.rglob("*.json")] == ["m2"]
+
+
 def test_errors_without_store(run, tmp_path):
     result = run("ls", ok=False)
     assert result.exit_code == 1 and "no store at" in result.output
@@ -126,3 +143,13 @@ def test_installed_console_script(tmp_path):
     assert json.loads(out)["arrays"] == []
     bad = subprocess.run([exe, "sql", "DELETE FROM models"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("Error: refused") and "Traceback" not in bad.stderr
+
+
+def test_json_output_is_strict_json(capsys):
+    from embedstore_cli.options import print_json
+
+    print_json({"auroc": float("nan"), "values": [np.float32(0.5), np.float64("inf"), 1], "ok": np.int64(3)})
+    text = capsys.readouterr().out
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {
+        "auroc": None, "values": [0.5, None, 1], "ok": 3,
+    }  # fmt: skip

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from embedstore.demo.run import run_demo
+from embedstore.store import Store
 from embedstore_cli.main import cli
 
 # The module fixture trains the full toy recipe once (about 8 minutes on 2 quiet cores).
@@ -34,21 +35,25 @@ def test_demo_numbers_are_sane(demo):
     for name in ("toy-classifier", "toy-finetuned-clip"):
         assert n[name]["acc1_shapes"] > 0.5
     assert (summary.report / "index.html").is_file()
-    analyses = {r["analysis"] for r in __import__("embedstore.store", fromlist=["Store"]).Store.open(summary.store).query(
-        "SELECT DISTINCT analysis FROM results")}  # fmt: skip
+    analyses = {r["analysis"] for r in Store.open(summary.store).query("SELECT DISTINCT analysis FROM results")}
     assert {"zeroshot", "prompts", "calibration", "ood", "retrieval", "robustness", "factors", "shape_bias",
             "probe"} <= analyses  # fmt: skip
 
 
-def test_second_run_reuses_models_and_arrays(demo):
+def test_second_run_reuses_models_arrays_and_figures(demo):
     summary, cache, first_seconds = demo
+    figures = sorted((summary.report / "figures").glob("*.png"))
+    drawn_at = [f.stat().st_mtime_ns for f in figures]
+    arrays_updated = Store.open(summary.store).query("SELECT max(updated) AS t FROM arrays")
     start = time.perf_counter()
     again = run_demo(summary.store.parent, size="small", cache_dir=cache, log=lambda m: None, progress=False,
-                     workers=0, report=False)  # fmt: skip
+                     workers=0)  # fmt: skip
     seconds = time.perf_counter() - start
     assert again.seconds["models"] < 10 and again.seconds["extract"] < 30
     assert seconds < first_seconds
     assert again.numbers["toy-clip"]["acc1_shapes"] == summary.numbers["toy-clip"]["acc1_shapes"]
+    assert Store.open(summary.store).query("SELECT max(updated) AS t FROM arrays") == arrays_updated
+    assert len(figures) >= 5 and [f.stat().st_mtime_ns for f in figures] == drawn_at, "unchanged figures are redrawn"
 
 
 def test_demo_command_prints_the_summary_and_next_commands(demo, monkeypatch):

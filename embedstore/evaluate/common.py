@@ -63,6 +63,17 @@ def model_kind(store: Store, model: str) -> str:
     return store.model_info(model)["kind"]
 
 
+def head_fits(store: Store, model: str, dataset: str) -> bool:
+    """Whether the model's predictions can be scored on the dataset's classes: always for CLIP models
+    (zero-shot over the dataset's class names), else when cached logits exist and either match the
+    number of classes or the dataset declares a class subset to slice them to."""
+    if model_kind(store, model) == "clip":
+        return True
+    info = store.dataset_info(dataset)
+    arrays = store.list_arrays(dataset, model, "logits")
+    return bool(arrays) and (info["class_subset"] is not None or arrays[0].shape[-1] == len(info["classnames"]))
+
+
 @dataclass(frozen=True)
 class EvalData:
     """One (model, dataset)'s scores over the rows used: ``logits [n, C]`` and ``labels [n]`` (dataset

@@ -57,8 +57,8 @@ from embedstore.analysis.robustness import (
     MIN_MODELS_FOR_TREND,
 )
 from embedstore.errors import AnalysisError
-from embedstore.evaluate.common import eval_data, resolve_models
-from embedstore.evaluate.robustness import drop_unscorable, head_fits, select_models_where
+from embedstore.evaluate.common import eval_data, head_fits, resolve_models
+from embedstore.evaluate.robustness import drop_unscorable, select_models_where
 from embedstore.store import Store
 
 ANALYSIS = "factors"

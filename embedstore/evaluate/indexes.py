@@ -258,6 +258,20 @@ def build_saved_index(
     )  # fmt: skip
 
 
+def delete_saved_indexes(store: Store, dataset: str, model: str, array: str) -> int:
+    """Delete every index saved from an array (each kind, each payload, with its sidecar); returns
+    how many there were."""
+    deleted = 0
+    for kind in INDEX_KINDS:
+        for payload in PAYLOADS:
+            path = index_path(store, dataset, model, array, kind, payload)
+            if sidecar_path(path).is_file() or path.is_file():
+                deleted += 1
+            path.unlink(missing_ok=True)
+            sidecar_path(path).unlink(missing_ok=True)
+    return deleted
+
+
 def list_saved_indexes(store: Store, *, verify: bool = False) -> list[SavedIndex]:
     """Every index saved under ``STORE/indexes``, sorted by dataset, model, array, kind. With
     ``verify``, each is checked against its array's current rows (reads every indexed array)."""

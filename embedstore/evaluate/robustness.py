@@ -58,7 +58,14 @@ from embedstore.analysis.robustness import (
 )
 from embedstore.analysis.zeroshot import acc1
 from embedstore.errors import AnalysisError, StoreError
-from embedstore.evaluate.common import eval_data, model_kind, named_explicitly, resolve_datasets, resolve_models
+from embedstore.evaluate.common import (
+    eval_data,
+    head_fits,
+    model_kind,
+    named_explicitly,
+    resolve_datasets,
+    resolve_models,
+)
 from embedstore.store import Store
 
 ANALYSIS = "robustness"
@@ -161,17 +168,6 @@ def stored_zeroshot_acc1(store: Store, model: str, dataset: str, prompt_set: str
         if params.get("prompt_set") == wanted_set and params.get("templates", wanted_templates) == wanted_templates:
             return float(row["value"])
     return None
-
-
-def head_fits(store: Store, model: str, dataset: str) -> bool:
-    """Whether the model's predictions can be scored on the dataset's classes: always for CLIP models
-    (zero-shot over the dataset's class names), else when cached logits exist and either match the
-    number of classes or the dataset declares a class subset to slice them to."""
-    if model_kind(store, model) == "clip":
-        return True
-    info = store.dataset_info(dataset)
-    arrays = store.list_arrays(dataset, model, "logits")
-    return bool(arrays) and (info["class_subset"] is not None or arrays[0].shape[-1] == len(info["classnames"]))
 
 
 def measured_acc1(store: Store, model: str, dataset: str, prompt_set: str) -> MeasuredAccuracy:

@@ -42,13 +42,14 @@ from embedstore.analysis.shape_bias import (
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
     clip_scores,
+    head_fits,
     model_kind,
     prompt_indices,
     read_finite,
     resolve_models,
     usable_rows,
 )
-from embedstore.evaluate.robustness import drop_unscorable, head_fits
+from embedstore.evaluate.robustness import drop_unscorable
 from embedstore.store import Store
 
 ANALYSIS = "shape_bias"

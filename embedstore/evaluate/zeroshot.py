@@ -19,6 +19,7 @@ import numpy as np
 from embedstore.analysis.zeroshot import ZeroShotResult, evaluate_logits, evaluate_zeroshot
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
+    head_fits,
     labels_of,
     model_kind,
     named_explicitly,
@@ -66,12 +67,6 @@ def zeroshot_result(store: Store, model: str, dataset: str, templates: Sequence[
     return evaluate_logits(logits, labels, class_subset=info["class_subset"])
 
 
-def _head_fits(store: Store, model: str, dataset: str) -> bool:
-    info = store.dataset_info(dataset)
-    arrays = store.list_arrays(dataset, model, "logits")
-    return bool(arrays) and (info["class_subset"] is not None or arrays[0].shape[1] == len(info["classnames"]))
-
-
 def run_zeroshot(
     store: Store,
     models: Sequence[str],
@@ -102,7 +97,7 @@ def run_zeroshot(
             continue
         for model in resolve_models(store, models):
             clip = model_kind(store, model) == "clip"
-            if not clip and not named_explicitly(model, models) and not _head_fits(store, model, dataset):
+            if not clip and not named_explicitly(model, models) and not head_fits(store, model, dataset):
                 continue
             indices = (
                 (list(templates) if templates is not None else store.prompt_set(dataset, prompt_set)) if clip else None

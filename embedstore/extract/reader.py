@@ -7,12 +7,16 @@ distinct preprocessing config: models whose configs are equal share the prepared
 
 CPU path: PIL decode + each config's own library PIL transform, in ``workers`` processes
 (``torch.utils.data.DataLoader``). GPU path: the worker only reads bytes (and PIL-decodes the
-non-JPEG ones); the main process decodes the JPEGs in one batched call on the GPU and resizes/crops/
-normalises the batch there (``embedstore.extract.batched``).
+non-JPEG ones); a decoding thread of the main process decodes the JPEGs in one batched call on the GPU
+and resizes/crops/normalises the batch there (``embedstore.extract.batched``), on its own CUDA stream
+and up to two batches ahead of the encoders (``prefetched``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -169,11 +173,77 @@ def iterate_prepared(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    for item in loader:
-        if decode == "cpu":
-            yield item
-        else:
-            yield _finish_on_device(item, list(transforms), device, options)
+    if decode == "cpu":
+        yield from loader
+        return
+    configs = list(transforms)
+    yield from prefetched((_finish_on_device(item, configs, device, options) for item in loader), device)
+
+
+_END = object()
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+def prefetched(batches: Iterator[PreparedBatch], device: torch.device, depth: int = 2) -> Iterator[PreparedBatch]:
+    """``batches`` in order, produced up to ``depth`` ahead by a background thread.
+
+    On CUDA the thread works on a side stream, so the next batch's decoding and preprocessing
+    kernels (and nvJPEG's host-side work) overlap the encoders running on the current stream; each
+    batch is handed over with an event the current stream waits on, and its tensors are marked as
+    used there (``record_stream``) so the caching allocator does not reuse them early. An error in
+    the thread is raised here; closing this generator early stops the thread after its batch.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for batch in batches:
+                    ready = None
+                    if side is not None:
+                        ready = torch.cuda.Event()
+                        ready.record(side)
+                    if not put((batch, ready)):
+                        return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+            put(_Failed(exc))
+            return
+        put(_END)
+
+    thread = threading.Thread(target=produce, name="embedstore-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            batch, ready = item
+            if ready is not None:
+                current = torch.cuda.current_stream(device)
+                current.wait_event(ready)
+                for tensor in batch.pixels.values():
+                    tensor.record_stream(current)
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _finish_on_device(

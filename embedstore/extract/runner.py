@@ -36,7 +36,7 @@ from embedstore.extract.decode import DecodeOptions
 from embedstore.extract.distributed import Ranks, ranks_from_env
 from embedstore.extract.lock import extraction_locks
 from embedstore.extract.plan import Plan
-from embedstore.extract.reader import batch_tasks, iterate_prepared
+from embedstore.extract.reader import PreparedBatch, batch_tasks, iterate_prepared
 from embedstore.extract.text import encode_class_templates, encode_texts
 from embedstore.extract.writer import ChunkAssembler, ChunkWriter
 from embedstore.store import Store, hash_object
@@ -146,8 +146,9 @@ class _ModelJob:
     def model_id(self) -> str:
         return self.adapter.model_id
 
-    def encode(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image embeddings (store dtype) and logits (float32) of one prepared batch."""
+    def encode(self, pixels: torch.Tensor) -> _EncodedBatch:
+        """Start encoding one prepared batch: image embeddings (store dtype) and logits (float32),
+        copied to the host asynchronously on CUDA; `_EncodedBatch.to_host` waits for them."""
         adapter = self.adapter
         start = time.perf_counter()
         with torch.inference_mode():
@@ -161,11 +162,39 @@ class _ModelJob:
                     logits = logits + adapter.logit_bias
             else:
                 logits = None
-            image = features.float().cpu().numpy().astype(self.store_dtype)
-            logits_np = None if logits is None else logits.cpu().numpy()
+            image = features.float().to(getattr(torch, self.store_dtype))
+            host_logits = None if logits is None else _start_host_copy(logits)
+            encoded = _EncodedBatch(self, _start_host_copy(image), host_logits, image.device)
         self.encode_seconds += time.perf_counter() - start
         self.rows_encoded += len(image)
-        return image, logits_np
+        return encoded
+
+
+def _start_host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on the host: from a GPU a non-blocking copy into pinned memory (torch pins the
+    destination of a non-blocking device-to-host copy), complete once the stream passes the event
+    `_EncodedBatch` records; on the CPU the tensor itself."""
+    return tensor.to("cpu", non_blocking=True) if tensor.is_cuda else tensor
+
+
+class _EncodedBatch:
+    """One model's outputs of one batch on their way to the host. The pass keeps one batch in flight:
+    it launches batch i on the GPU before waiting for batch i-1's copies, so the GPU never idles
+    while the host waits for a device-to-host copy."""
+
+    def __init__(self, job: _ModelJob, image: torch.Tensor, logits: torch.Tensor | None, device: torch.device):
+        self.job, self.image, self.logits = job, image, logits
+        self.copied = None
+        if device.type == "cuda":  # the copies were queued on this device's current stream
+            self.copied = torch.cuda.Event()
+            self.copied.record(torch.cuda.current_stream(device))
+
+    def to_host(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.copied is not None:
+            start = time.perf_counter()
+            self.copied.synchronize()
+            self.job.encode_seconds += time.perf_counter() - start
+        return self.image.numpy(), None if self.logits is None else self.logits.numpy()
 
 
 def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool = True) -> ExtractionReport:
@@ -390,20 +419,18 @@ def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime:
         dataset, tasks, transforms, decode=runtime.decode, device=runtime.device, workers=settings.workers,
         options=DecodeOptions(settings.pixel_limit),
     ) if tasks else ()  # fmt: skip
+    in_flight: list[tuple[PreparedBatch, list[tuple[_ModelJob, _EncodedBatch | None]]]] = []
     try:
         for batch in batches:
             task = batch.task
-            for job in jobs:
-                if task.chunk not in job.missing:
-                    continue
-                pixels = batch.pixels[job.adapter.preprocess]
-                image, logits = job.encode(pixels) if len(batch.good_rows) else (None, None)
-                for assembler, name in job.assemblers:
-                    if task.chunk in job.done[name]:
-                        continue
-                    values = image if name == "image_emb" else logits
-                    assembler.add(task.chunk, task.start, task.stop, batch.good_rows, values, batch.bad)
+            encoded = [(job, job.encode(batch.pixels[job.adapter.preprocess]) if len(batch.good_rows) else None)
+                       for job in jobs if task.chunk in job.missing]  # fmt: skip
+            in_flight.append((batch, encoded))
+            if len(in_flight) > 1:
+                _deliver(*in_flight.pop(0))
             bar.update(task.stop - task.start)
+        while in_flight:
+            _deliver(*in_flight.pop(0))
     finally:
         bar.close()
         writer.close()
@@ -413,6 +440,18 @@ def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime:
     if ranks.is_main:
         with store.session():
             _finish_dataset(store, dataset, jobs, report, rows_todo, pass_seconds, log)
+
+
+def _deliver(batch: PreparedBatch, encoded: list[tuple[_ModelJob, _EncodedBatch | None]]) -> None:
+    """Hand one batch's outputs, once on the host, to each array's chunk assembler."""
+    task = batch.task
+    for job, outputs in encoded:
+        image, logits = outputs.to_host() if outputs is not None else (None, None)
+        for assembler, name in job.assemblers:
+            if task.chunk in job.done[name]:
+                continue
+            values = image if name == "image_emb" else logits
+            assembler.add(task.chunk, task.start, task.stop, batch.good_rows, values, batch.bad)
 
 
 def _finish_dataset(

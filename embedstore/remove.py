@@ -1,0 +1,33 @@
+"""Removing arrays so that they can be extracted again (``embedstore rm``).
+
+Arrays of a dataset that an extraction is writing are not removed: the dataset's extraction lock
+(`embedstore.extract.lock`) is taken first, so ``rm`` refuses at once, naming the extraction, instead
+of pulling arrays from under it. The indexes saved from a removed array (``embedstore index build``)
+go with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedstore.evaluate.indexes import delete_saved_indexes
+from embedstore.extract.lock import extraction_locks
+from embedstore.store import Store
+
+
+@dataclass(frozen=True)
+class Removed:
+    arrays: int
+    saved_indexes: int
+
+
+def remove_arrays(
+    store: Store, dataset: str | None = None, model: str | None = None, name: str | None = None
+) -> Removed:
+    """Delete the arrays matching every given filter (catalog rows, chunks and saved indexes)."""
+    datasets = sorted({info.dataset for info in store.list_arrays(dataset, model, name)})
+    with extraction_locks(store.path, datasets):
+        infos = store.list_arrays(dataset, model, name)
+        arrays = store.delete_arrays(dataset, model, name)
+        indexes = sum(delete_saved_indexes(store, i.dataset, i.model, i.name) for i in infos)
+    return Removed(arrays, indexes)
