@@ -11,7 +11,8 @@ from embedstore.demo.run import run_demo
 from embedstore.store import Store
 from embedstore_cli.main import cli
 
-# The module fixture trains the full toy recipe once (about 8 minutes on 2 quiet cores).
+# The module fixture trains the full toy recipe once (about 70 s on 2 quiet cores; the timeout leaves room for a
+# loaded machine).
 pytestmark = pytest.mark.timeout(2400)
 
 
