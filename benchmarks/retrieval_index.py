@@ -166,6 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(measure("flat (exact, numpy)", numpy_flat, build_s, queries, k, exact_ids)[0])
         del numpy_flat
 
+    if args.flat_only:
+        return _report(args, data_description, load_before, rows, k)
+
     ivf, build_s = timed_build(gallery, "ivf", nlist=args.nlist, seed=args.seed)
     for nprobe in args.nprobe:
         ivf.set_search_params(nprobe=min(nprobe, ivf.spec.nlist))
@@ -177,7 +180,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hnsw.set_search_params(ef_search=ef_search)
         rows.append(measure("hnsw", hnsw, build_s, queries, k, exact_ids)[0])
     del hnsw
+    return _report(args, data_description, load_before, rows, k)
 
+
+def _report(args: argparse.Namespace, data_description: str, load_before: float, rows: list[Measurement],
+            k: int) -> dict[str, Any]:  # fmt: skip
     return {
         "benchmark": "retrieval_index",
         "args": {key: value for key, value in vars(args).items() if key != "output"},
@@ -224,6 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ef-construction", type=int, default=100)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 256], help="HNSW beam width, swept")
     parser.add_argument("--numpy-exact", action="store_true", help="also time the numpy exact fallback")
+    parser.add_argument("--flat-only", action="store_true", help="exact search only (e.g. a GPU box without faiss)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     return parser.parse_args(argv)
