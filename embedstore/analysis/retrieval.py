@@ -30,6 +30,7 @@ reads hits from its top ``max(ks)`` ids; it also reports ``index_recall_vs_exact
 queries of ``|approximate top-10 ∩ exact top-10| / 10`` (FAISS's 10-intersection measure, the
 recall@10 of ANN-benchmarks; top ``min(10, gallery)`` for smaller galleries). ``search="flat"`` is
 exact search through the index backends (FAISS, GPU where present): ties then follow the backend.
+:func:`retrieval_recall_through` computes the same through indexes the caller already has (saved ones).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ _SCORE_BLOCK_BYTES = 32 * 2**20
 _OVERLAP_BLOCK_ROWS = 65536
 IMAGE_RETRIEVAL = "image_retrieval"  # text -> image
 TEXT_RETRIEVAL = "text_retrieval"  # image -> text
+_GALLERY = {IMAGE_RETRIEVAL: "images", TEXT_RETRIEVAL: "captions"}  # what each direction searches
 
 
 @dataclass(frozen=True)
@@ -194,9 +196,6 @@ def retrieval_recall_through(
                 f"{gallery.shape[0]} x {gallery.shape[1]}"
             )
     return _recall_through(images, captions, owner, ks, indexes, device)
-
-
-_GALLERY = {IMAGE_RETRIEVAL: "images", TEXT_RETRIEVAL: "captions"}
 
 
 def _checked_inputs(
