@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -105,7 +106,10 @@ def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
     return Runtime(device, precision, decode)
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
+    """The library versions recorded with every array (read once a process: parsing package metadata
+    costs milliseconds a call)."""
     out = {"embedstore": embedstore.__version__}
     for package in ("torch", "torchvision", "open_clip_torch", "timm", "pillow", "zarr", "numpy"):
         try:
@@ -349,15 +353,17 @@ def _extract_dataset(store: Store, dataset, adapters, plan: Plan, runtime: Runti
     settings = plan.settings
     n = len(dataset)
     log(f"{dataset.name}: {n} images, {len(dataset.classnames)} classes, {len(adapters)} model(s)")
-    jobs = []
-    for adapter in adapters:
-        job = _ModelJob(adapter, settings.dtype)
-        text_emb = _extract_text(store, dataset, adapter, plan, runtime, ranks, log) if adapter.kind == "clip" else None
-        fp, recorded = _settings_fingerprint(runtime, plan, adapter, kind="image", dtype=settings.dtype)
-        session = store.session() if ranks.is_main else contextlib.nullcontext()
-        with session:
+    text_embs = {
+        adapter.model_id: _extract_text(store, dataset, adapter, plan, runtime, ranks, log)
+        for adapter in adapters
+        if adapter.kind == "clip"
+    }
+    jobs = [_ModelJob(adapter, settings.dtype) for adapter in adapters]
+    with store.session() if ranks.is_main else contextlib.nullcontext():  # one connection for every model's arrays
+        for job in jobs:
+            fp, recorded = _settings_fingerprint(runtime, plan, job.adapter, kind="image", dtype=settings.dtype)
+            text_emb = text_embs.get(job.model_id)
             _open_image_arrays(store, dataset, job, text_emb, fp, recorded, plan, runtime, ranks)
-        jobs.append(job)
     ranks.barrier()
     if not ranks.is_main:
         for job in jobs:
