@@ -8,8 +8,8 @@
    factors, shape bias and linear probes.
 4. Write the HTML report and return the headline numbers.
 
-A second run reuses the cached weights and the complete arrays (the extractor skips them) and only
-re-runs the analyses, which take seconds.
+A second run reuses the cached weights, the complete arrays (the extractor skips them) and the figures
+whose data is unchanged (the report's drawing keys), and only re-runs the analyses, which take seconds.
 """
 
 from __future__ import annotations
