@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from store_support import put_array
 
 from embedstore.analysis.calibration import (
     evaluate_calibration,
@@ -32,17 +33,6 @@ def _results(store, **where) -> dict[str, float]:
         sql += f" AND {column} = ?"
         params.append(value)
     return {r["metric"]: r["value"] for r in store.query(sql, params)}
-
-
-def _put_array(store, dataset: str, model: str, name: str, data: np.ndarray) -> None:
-    """Write ``data`` as a complete array (replacing an existing one)."""
-    store.delete_arrays(dataset, model, name)
-    fingerprints = {"dataset": store.dataset_info(dataset)["fingerprint"],
-                    "model": store.model_info(model)["fingerprint"], "settings": "test"}  # fmt: skip
-    array = store.open_array_writer(dataset, model, name, shape=data.shape, dtype=str(data.dtype),
-                                    chunk_rows=len(data), fingerprints=fingerprints)  # fmt: skip
-    array.write_chunk(0, data)
-    store.update_array_progress(dataset, model, name)
 
 
 def _invoke(store, *args: str):
@@ -140,7 +130,7 @@ def test_a_class_subset_dataset_is_scored_on_the_sliced_head_logits(tiny_store, 
         open_dataset("shapes-sub", "synthetic:shapes?n=40&seed=5", subset=str(tmp_path / "subset.txt"))
     )
     head = np.random.default_rng(0).normal(scale=4.0, size=(40, 1000)).astype(np.float32)
-    _put_array(tiny_store, "shapes-sub", CLASSIFIER, "logits", head)
+    put_array(tiny_store, "shapes-sub", CLASSIFIER, "logits", head)
 
     (run,) = run_calibration(tiny_store, [CLASSIFIER], ["shapes-sub"])
     labels = tiny_store.sample_table("shapes-sub")["label"]
@@ -195,7 +185,7 @@ def test_bad_input_is_one_line_through_the_command(tiny_store, args: list[str], 
 def test_nan_in_an_embedding_is_one_line_naming_the_row(tiny_store) -> None:
     image = tiny_store.read_array("shapes-v2", CLIP, "image_emb")
     image[7, 3] = np.nan
-    _put_array(tiny_store, "shapes-v2", CLIP, "image_emb", image)
+    put_array(tiny_store, "shapes-v2", CLIP, "image_emb", image)
     result = _invoke(tiny_store, "--model", CLIP, "--dataset", "shapes-v2")
     assert result.exit_code == 1
     assert "image_emb of model openclip:embedstore-tiny@random:0 on dataset shapes-v2: row 7" in result.output

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from scipy.special import softmax
 from sklearn.metrics import roc_auc_score
+from store_support import put_array
 
 from embedstore.analysis.ood import knn_score
 from embedstore.analysis.zeroshot import classifier_weights, zeroshot_logits
@@ -40,17 +41,6 @@ def _stored_params(store) -> list[dict]:
 
 def _count(store) -> int:
     return store.query("SELECT count(*) AS n FROM results WHERE analysis = 'ood'")[0]["n"]
-
-
-def _put_array(store, dataset: str, model: str, name: str, data: np.ndarray) -> None:
-    """Write ``data`` as a complete array (replacing an existing one)."""
-    store.delete_arrays(dataset, model, name)
-    fingerprints = {"dataset": store.dataset_info(dataset)["fingerprint"],
-                    "model": store.model_info(model)["fingerprint"], "settings": "test"}  # fmt: skip
-    array = store.open_array_writer(dataset, model, name, shape=data.shape, dtype=str(data.dtype),
-                                    chunk_rows=len(data), fingerprints=fingerprints)  # fmt: skip
-    array.write_chunk(0, data)
-    store.update_array_progress(dataset, model, name)
 
 
 def _invoke(store, *args: str):
@@ -206,7 +196,7 @@ def test_an_ood_dataset_not_extracted_for_the_model_is_one_line(tiny_store) -> N
 
 def test_mismatched_embedding_widths_are_one_line(tiny_store) -> None:
     lonely = _lonely_dataset(tiny_store)
-    _put_array(tiny_store, lonely, CLIP, "image_emb", np.ones((8, 16), dtype=np.float16))
+    put_array(tiny_store, lonely, CLIP, "image_emb", np.ones((8, 16), dtype=np.float16))
     result = _invoke(tiny_store, "--model", CLIP, "--id", "shapes", "--ood", lonely, "--score", "knn", "--k", "3")
     assert result.exit_code == 1
     assert "image_emb of model" in result.output and "lonely: 16" in result.output and "shapes: 32" in result.output
@@ -216,7 +206,7 @@ def test_mismatched_embedding_widths_are_one_line(tiny_store) -> None:
 def test_nan_in_an_ood_embedding_is_one_line_naming_the_row(tiny_store) -> None:
     image = tiny_store.read_array("shapes-ood", CLIP, "image_emb")
     image[11] = np.nan
-    _put_array(tiny_store, "shapes-ood", CLIP, "image_emb", image)
+    put_array(tiny_store, "shapes-ood", CLIP, "image_emb", image)
     result = _invoke(tiny_store, "--model", CLIP, "--id", "shapes", "--ood", "shapes-ood", "--score", "mcm")
     assert result.exit_code == 1
     assert "image_emb of model openclip:embedstore-tiny@random:0 on dataset shapes-ood: row 11" in result.output

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from store_support import put_array
 
 from embedstore.analysis.retrieval import retrieval_recall
 from embedstore.errors import AnalysisError, EmbedstoreError, FingerprintMismatch
@@ -112,25 +113,15 @@ class _CaptionSet:
         return f"hand-built:{self.name}"
 
 
-def _put_array(store, dataset, model, name, data):
-    store.delete_arrays(dataset, model, name)
-    fingerprints = {"dataset": store.dataset_info(dataset)["fingerprint"],
-                    "model": store.model_info(model)["fingerprint"], "settings": "test"}  # fmt: skip
-    array = store.open_array_writer(dataset, model, name, shape=data.shape, dtype=str(data.dtype),
-                                    chunk_rows=len(data), fingerprints=fingerprints)  # fmt: skip
-    array.write_chunk(0, data)
-    store.update_array_progress(dataset, model, name)
-
-
 @pytest.fixture
 def hand_store(tmp_path) -> Store:
     store = Store.create(tmp_path / "hand")
     samples = [_Sample(i, f"img{i}", tuple(f"caption at {a}" for a in CAPTION_ANGLES[i])) for i in range(4)]
     store.register_dataset(_CaptionSet("planar", samples))
     store.register_model({"model_id": HAND, "kind": "clip", "fingerprint": "f" * 64})
-    _put_array(store, "planar", HAND, "image_emb", _unit(IMAGE_ANGLES, scale=3.0))  # scale: scores are cosines
+    put_array(store, "planar", HAND, "image_emb", _unit(IMAGE_ANGLES, scale=3.0))  # scale: scores are cosines
     caption_angles = [a for i in range(4) for a in CAPTION_ANGLES[i]]  # caption rows: grouped by image
-    _put_array(store, "planar", HAND, "caption_emb", _unit(caption_angles, scale=0.5))
+    put_array(store, "planar", HAND, "caption_emb", _unit(caption_angles, scale=0.5))
     return store
 
 
@@ -148,7 +139,7 @@ def test_hand_built_recalls_with_several_captions_and_a_distractor(hand_store):
 def test_bad_samples_leave_the_gallery_with_their_captions(hand_store):
     images = hand_store.read_array("planar", HAND, "image_emb").copy()
     images[1] = 0  # an undecodable image is left as zeros ...
-    _put_array(hand_store, "planar", HAND, "image_emb", images)
+    put_array(hand_store, "planar", HAND, "image_emb", images)
     hand_store.record_bad_samples("planar", [(1, "img1", "cannot decode")])  # ... and listed
     (row,) = run_retrieval(hand_store, [HAND], ["planar"], ks=(1, 2))
     assert (row.result.n_images, row.result.n_captions, row.result.n_text_retrieval_queries) == (3, 3, 2)

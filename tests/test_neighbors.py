@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from store_support import put_array
 
 from embedstore.errors import AnalysisError, EmbedstoreError, FingerprintMismatch
 from embedstore.evaluate.indexes import build_saved_index, index_path, list_saved_indexes
@@ -58,16 +59,6 @@ class _Planar:
         return "hand-built:planar"
 
 
-def _put_array(store, dataset, model, name, data):
-    store.delete_arrays(dataset, model, name)
-    fingerprints = {"dataset": store.dataset_info(dataset)["fingerprint"],
-                    "model": store.model_info(model)["fingerprint"], "settings": "test"}  # fmt: skip
-    array = store.open_array_writer(dataset, model, name, shape=data.shape, dtype=str(data.dtype),
-                                    chunk_rows=len(data), fingerprints=fingerprints)  # fmt: skip
-    array.write_chunk(0, data)
-    store.update_array_progress(dataset, model, name)
-
-
 def _planar_vectors(angles, lengths):
     radians = np.deg2rad(np.asarray(angles, dtype=np.float64))
     return (np.asarray(lengths)[:, None] * np.stack([np.cos(radians), np.sin(radians)], axis=1)).astype(np.float32)
@@ -78,7 +69,7 @@ def planar(tmp_path) -> Store:
     store = Store.create(tmp_path / "planar")
     store.register_dataset(_Planar([_Sample(i, f"img{i}", label) for i, label in enumerate(LABELS)]))
     store.register_model({"model_id": HAND, "kind": "clip", "fingerprint": "f" * 64})
-    _put_array(store, "planar", HAND, "image_emb", _planar_vectors(ANGLES, [1, 2, 3, 0.5, 1, 4]))
+    put_array(store, "planar", HAND, "image_emb", _planar_vectors(ANGLES, [1, 2, 3, 0.5, 1, 4]))
     return store
 
 
@@ -102,7 +93,7 @@ def test_an_image_query_returns_the_nearest_other_images_with_keys_labels_and_co
 def test_undecodable_rows_are_never_neighbours_nor_queries(planar):
     images = planar.read_array("planar", HAND, "image_emb").copy()
     images[1] = 0
-    _put_array(planar, "planar", HAND, "image_emb", images)
+    put_array(planar, "planar", HAND, "image_emb", images)
     planar.record_bad_samples("planar", [(1, "img1", "cannot decode")])
     assert _rows(find_neighbors(planar, HAND, "planar", NeighborQuery(row=0), k=4)) == [2, 3, 5, 4]
     with pytest.raises(AnalysisError, match="row 1 of dataset planar is an undecodable sample"):
@@ -222,7 +213,7 @@ def test_unknown_models_datasets_and_arrays_are_named(planar):
         find_neighbors(planar, HAND, "nope", NeighborQuery(row=0))
     with pytest.raises(EmbedstoreError, match="store holds no array caption_emb for model clip-2d on dataset planar"):
         build_saved_index(planar, "planar", HAND, "caption_emb")
-    _put_array(planar, "planar", HAND, "text_emb", np.ones((2, 1, 2), dtype=np.float32))
+    put_array(planar, "planar", HAND, "text_emb", np.ones((2, 1, 2), dtype=np.float32))
     with pytest.raises(AnalysisError, match="text_emb of model clip-2d on dataset planar is 2x1x2, not a .rows, dim"):
         build_saved_index(planar, "planar", HAND, "text_emb")
 
