@@ -66,25 +66,40 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def check_pixel_limit(data: bytes, options: DecodeOptions) -> None:
+def check_pixel_limit(data: bytes, options: DecodeOptions) -> str | None:
     """Raise ``BadImage`` when the header announces more pixels than allowed (no decoding);
     unreadable headers pass, the decoder reports them. Sizes beyond PIL's own bomb limit (twice
-    ``Image.MAX_IMAGE_PIXELS``), which PIL refuses to open at all, are refused too."""
+    ``Image.MAX_IMAGE_PIXELS``), which PIL refuses to open at all, are refused too. Returns the
+    header's PIL mode, or None when the header is unreadable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data)).size
+            header = Image.open(io.BytesIO(data))
+            (width, height), mode = header.size, header.mode
     except Image.DecompressionBombError as exc:
         raise BadImage(f"decompression bomb: {exc}") from None
     except Exception:  # noqa: BLE001 - the decoder gives the precise reason later
-        return
+        return None
     if width * height > options.pixel_limit:
         raise BadImage(
             f"image of {width}x{height} = {width * height:,} pixels exceeds the pixel limit "
             f"{options.pixel_limit:,} (decompression-bomb guard; raise --pixel-limit to accept it)"
         )
+    return mode
 
 
 def is_jpeg(data: bytes | None) -> bool:
     """JPEG magic number (SOI marker)."""
     return bool(data) and data[:3] == b"\xff\xd8\xff"
+
+
+def gpu_decodable(data: bytes, options: DecodeOptions) -> bool:
+    """Whether the GPU's JPEG decoder may take ``data``: a JPEG whose header PIL reads as 8-bit colour
+    (YCbCr/RGB) or grayscale and whose bytes end with the end-of-image marker (trailing zero padding
+    allowed). Everything else goes to PIL: CMYK/YCCK JPEGs, which PIL converts the libraries' way;
+    truncated files, which nvJPEG can turn into partly grey images without an error where PIL refuses
+    them; unreadable headers, whose reason PIL gives. Raises ``BadImage`` past the pixel limit."""
+    if not is_jpeg(data):
+        return False
+    mode = check_pixel_limit(data, options)
+    return mode in ("RGB", "L") and data.rstrip(b"\0").endswith(b"\xff\xd9")

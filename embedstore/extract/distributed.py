@@ -57,6 +57,12 @@ def ranks_from_env(use_cuda: bool) -> Ranks:
         return Ranks()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if use_cuda and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        if use_cuda and torch.cuda.is_available():
+            # Each rank's collectives must run on its own GPU: without this every rank would put
+            # them on GPU 0 and NCCL would refuse the duplicate device.
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
     return Ranks(rank, world, local_rank)

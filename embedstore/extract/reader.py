@@ -6,10 +6,11 @@ its samples' encoded bytes (each file opened once), decodes each image once, and
 distinct preprocessing config: models whose configs are equal share the prepared tensor.
 
 CPU path: PIL decode + each config's own library PIL transform, in ``workers`` processes
-(``torch.utils.data.DataLoader``). GPU path: the worker only reads bytes (and PIL-decodes the
-non-JPEG ones); a decoding thread of the main process decodes the JPEGs in one batched call on the GPU
-and resizes/crops/normalises the batch there (``embedstore.extract.batched``), on its own CUDA stream
-and up to two batches ahead of the encoders (``prefetched``).
+(``torch.utils.data.DataLoader``). GPU path: the worker reads bytes and packs the JPEGs the GPU decoder
+may take (``decode.gpu_decodable``) into one tensor, PIL-decoding the other files; a decoding thread of
+the main process decodes the JPEGs in one batched call on the GPU and resizes/crops/normalises the
+batch there (``embedstore.extract.batched``), on its own CUDA stream and up to two batches ahead of the
+encoders (``prefetched``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from embedstore.extract.batched import decode_jpegs, preprocess_batch
-from embedstore.extract.decode import BadImage, DecodeOptions, check_pixel_limit, decode_rgb, is_jpeg
+from embedstore.extract.decode import BadImage, DecodeOptions, decode_rgb, gpu_decodable
 from embedstore.models.preprocess import PreprocessConfig
 
 
@@ -100,18 +101,41 @@ class _CpuTasks(TorchDataset):
 
 
 @dataclass
+class PackedBytes:
+    """Encoded files packed into one uint8 tensor (DataLoader workers hand tensors over through
+    shared memory, where a list of ``bytes`` would be pickled through a pipe); item ``i`` is a view."""
+
+    data: torch.Tensor
+    ends: list[int]
+
+    @classmethod
+    def pack(cls, parts: Sequence[bytes]) -> PackedBytes:
+        data = (
+            torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8)
+            if parts
+            else torch.empty(0, dtype=torch.uint8)
+        )
+        return cls(data, np.cumsum([len(p) for p in parts]).tolist())
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.data[(self.ends[i - 1] if i else 0) : self.ends[i]]
+
+
+@dataclass
 class _EncodedTask:
     task: BatchTask
-    rows: list[int]
-    jpeg: list[bytes]  # JPEG bytes, for the batched decoder
+    jpeg: PackedBytes  # the files the GPU decodes (`decode.gpu_decodable`)
     jpeg_rows: list[int]
-    decoded: list[torch.Tensor]  # uint8 [3, H, W] of the non-JPEG images (PIL-decoded in the worker)
+    decoded: list[torch.Tensor]  # uint8 [3, H, W] of the others (PIL-decoded in the worker)
     decoded_rows: list[int]
     bad: list[tuple[int, str]]
 
 
 class _BytesTasks(TorchDataset):
-    """Each item is one batch task's bytes; non-JPEGs are PIL-decoded here (the GPU decodes JPEGs)."""
+    """Each item is one batch task's bytes; files the GPU decoder should not take are PIL-decoded here."""
 
     def __init__(self, dataset, tasks, options: DecodeOptions):
         self.dataset, self.tasks, self.options = dataset, tasks, options
@@ -121,26 +145,21 @@ class _BytesTasks(TorchDataset):
 
     def __getitem__(self, index: int) -> _EncodedTask:
         task = self.tasks[index]
-        item = _EncodedTask(task, [], [], [], [], [], [])
+        jpeg, jpeg_rows, decoded, decoded_rows, bad = [], [], [], [], []
         for sample in self.dataset.iter_encoded(task.start, task.stop):
             if sample.data is None:
-                item.bad.append((sample.row, sample.error or "unreadable"))
-                continue
-            if is_jpeg(sample.data):
-                try:
-                    check_pixel_limit(sample.data, self.options)
-                except BadImage as exc:
-                    item.bad.append((sample.row, str(exc)))
-                    continue
-                item.jpeg.append(sample.data)
-                item.jpeg_rows.append(sample.row)
+                bad.append((sample.row, sample.error or "unreadable"))
                 continue
             try:
-                item.decoded.append(_pil_to_tensor(decode_rgb(sample.data, self.options)))
-                item.decoded_rows.append(sample.row)
+                if gpu_decodable(sample.data, self.options):
+                    jpeg.append(sample.data)
+                    jpeg_rows.append(sample.row)
+                else:
+                    decoded.append(_pil_to_tensor(decode_rgb(sample.data, self.options)))
+                    decoded_rows.append(sample.row)
             except BadImage as exc:
-                item.bad.append((sample.row, str(exc)))
-        return item
+                bad.append((sample.row, str(exc)))
+        return _EncodedTask(task, PackedBytes.pack(jpeg), jpeg_rows, decoded, decoded_rows, bad)
 
 
 def _pil_to_tensor(image) -> torch.Tensor:
@@ -211,6 +230,10 @@ def prefetched(batches: Iterator[PreparedBatch], device: torch.device, depth: in
         return False
 
     def produce() -> None:
+        if side is not None:
+            # a new thread's current device is GPU 0: without this, leaving the stream context
+            # below would touch (and create a context on) GPU 0 for a rank using another GPU
+            torch.cuda.set_device(device)
         try:
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 for batch in batches:
@@ -239,7 +262,8 @@ def prefetched(batches: Iterator[PreparedBatch], device: torch.device, depth: in
                 current = torch.cuda.current_stream(device)
                 current.wait_event(ready)
                 for tensor in batch.pixels.values():
-                    tensor.record_stream(current)
+                    if tensor.is_cuda:
+                        tensor.record_stream(current)
             yield batch
     finally:
         stop.set()
@@ -251,17 +275,18 @@ def _finish_on_device(
 ) -> PreparedBatch:
     images: dict[int, torch.Tensor] = {}
     bad = list(item.bad)
-    for row, image in zip(item.jpeg_rows, decode_jpegs(item.jpeg, device), strict=True):
-        if image is None:  # the GPU decoder refused it: PIL decides (CMYK, progressive oddities, corrupt)
+    files = [item.jpeg[i] for i in range(len(item.jpeg))]
+    for row, data, image in zip(item.jpeg_rows, files, decode_jpegs(files, device), strict=True):
+        if image is None:  # the GPU decoder refused it: PIL decides
             try:
-                image = _pil_to_tensor(decode_rgb(item.jpeg[item.jpeg_rows.index(row)], options)).to(device)
+                image = _pil_to_tensor(decode_rgb(data.numpy().tobytes(), options)).to(device)
             except BadImage as exc:
                 bad.append((row, str(exc)))
                 continue
         images[row] = image
     for row, image in zip(item.decoded_rows, item.decoded, strict=True):
-        images[row] = image.to(device, non_blocking=True)
+        images[row] = image.to(device)
     rows = sorted(images)
     ordered = [images[r] for r in rows]
-    pixels = {config: preprocess_batch(ordered, config) for config in configs}
+    pixels = {config: preprocess_batch(ordered, config, device) for config in configs}
     return PreparedBatch(item.task, np.asarray(rows, dtype=np.int64), pixels, sorted(bad))

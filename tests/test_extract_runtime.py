@@ -1,0 +1,72 @@
+"""Which device each rank uses: the choices made for a GPU box, checked on the CPU with CUDA's
+availability and the process group stubbed (the two-rank CPU run is in test_extract_resume.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embedstore.errors import EmbedstoreError
+from embedstore.extract import distributed
+from embedstore.extract.distributed import Ranks, ranks_from_env
+from embedstore.extract.plan import plan_from_args
+from embedstore.extract.runner import resolve_runtime
+
+
+def _plan(**settings):
+    return plan_from_args(["openclip:embedstore-tiny@random:0"], ["d=synthetic:shapes?n=4"], **settings)
+
+
+@pytest.fixture
+def cuda_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+@pytest.mark.parametrize(
+    ("device", "ranks", "expected"),
+    [
+        ("auto", Ranks(), "cuda:0"),
+        ("auto", Ranks(1, 2, 1), "cuda:1"),
+        ("cuda", Ranks(), "cuda"),
+        ("cuda", Ranks(3, 4, 1), "cuda:1"),  # plain "cuda" under torchrun: the rank's own GPU
+        ("cuda:0", Ranks(3, 4, 1), "cuda:0"),  # an explicit index is kept
+    ],
+)
+def test_each_rank_runs_on_its_own_gpu(cuda_present, device, ranks, expected):
+    runtime = resolve_runtime(_plan(device=device), ranks, log=lambda _msg: None)
+    assert str(runtime.device) == expected
+    assert (runtime.precision, runtime.decode) == ("bf16", "gpu")
+
+
+def test_the_cpu_fallback_is_said_out_loud(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    said: list[str] = []
+    runtime = resolve_runtime(_plan(), Ranks(), log=said.append)
+    assert (str(runtime.device), runtime.precision, runtime.decode) == ("cpu", "fp32", "cpu")
+    assert said and "no CUDA device" in said[0]
+    with pytest.raises(EmbedstoreError, match="--device cuda was asked for but CUDA is not available"):
+        resolve_runtime(_plan(device="cuda"), Ranks(), log=said.append)
+
+
+def test_a_gpu_rank_joins_nccl_on_its_own_device(cuda_present, monkeypatch):
+    calls: list[tuple] = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert ranks_from_env(use_cuda=True) == Ranks(3, 4, 1)
+    cuda1 = torch.device("cuda", 1)
+    assert calls == [("set_device", cuda1), ("init", {"backend": "nccl", "device_id": cuda1})]
+
+
+def test_a_cpu_rank_joins_gloo(monkeypatch):
+    calls: list[dict] = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: calls.append(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert ranks_from_env(use_cuda=False) == Ranks(0, 2, 0)
+    assert calls == [{"backend": "gloo"}]
