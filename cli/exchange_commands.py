@@ -13,7 +13,9 @@ def _array_options(func):
     func = click.option(
         "--array", "name", required=True, help="Array name: image_emb, text_emb, logits, caption_emb, ..."
     )(func)
-    func = click.option("--model", required=True, help="Model id as stored.")(func)
+    func = click.option(
+        "--model", required=True, help="Model id as stored (export: or a glob matching one model, e.g. 'openclip:*')."
+    )(func)
     func = click.option("--dataset", required=True, help="Dataset name as stored.")(func)
     return func
 
@@ -28,7 +30,7 @@ def _array_options(func):
 @user_errors
 def export_command(store_path: str, dataset: str, model: str, name: str, output: str, fmt: str | None) -> None:
     """Write one array to .npy, .h5 (with sample keys) or Parquet (row, key, values)."""
-    path, shape = export_array(Store.open(store_path), dataset, model, name, output, fmt)
+    path, shape, model = export_array(Store.open(store_path), dataset, model, name, output, fmt)
     click.echo(f"wrote {dataset}/{model}/{name} {list(shape)} to {path}")
 
 

@@ -63,6 +63,23 @@ def test_import_export_round_trip_is_bit_identical(run, tmp_path, matrix):
         assert [k.decode() for k in f["keys"][...]] == matrix[1]
 
 
+def test_export_takes_a_glob_matching_one_model_and_names_the_candidates_otherwise(run, tmp_path, matrix):
+    run("init")
+    for model in ("openclip:toy@/cache/demo/toy_clip.pt", "openclip:other@random:0"):
+        run("import", "--dataset", "ds", "--model", model, "--array", "image_emb", tmp_path / "emb.npy",
+            "--keys", tmp_path / "keys.txt")  # fmt: skip
+    out = run("export", "--dataset", "ds", "--model", "openclip:toy*", "--array", "image_emb", "-o", tmp_path / "t.npy")
+    assert "ds/openclip:toy@/cache/demo/toy_clip.pt/image_emb" in out.output
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), matrix[0])
+    several = run("export", "--dataset", "ds", "--model", "openclip:*", "--array", "image_emb", "-o",
+                  tmp_path / "x.npy", ok=False)  # fmt: skip
+    assert several.exit_code == 1 and "matches 2 models" in several.output and "name one" in several.output
+    wrong = run("export", "--dataset", "ds", "--model", "openclip:toy", "--array", "image_emb", "-o",
+                tmp_path / "x.npy", ok=False)  # fmt: skip
+    assert "models with image_emb on ds: openclip:other@random:0, openclip:toy@/cache/demo/toy_clip.pt" in wrong.output
+    assert not (tmp_path / "x.npy").exists()
+
+
 def test_import_places_rows_by_key(run, tmp_path, matrix):
     data, keys = matrix
     run("init")

@@ -106,6 +106,14 @@ def test_classifier_with_a_class_subset_is_scored_on_sliced_logits(tmp_path):
     assert run_zeroshot(store, ["clf"], ["sub"])[0].result.acc1 == 1.0
 
 
+def test_a_random_init_model_is_found_by_the_id_it_was_extracted_with(tiny_store):
+    """`extract --model X@random` stores X@random:0; naming it X@random afterwards finds it."""
+    assert CLIP == "openclip:embedstore-tiny@random:0"
+    by_short_id = run_zeroshot(tiny_store, ["openclip:embedstore-tiny@random"], ["shapes"])
+    assert [r.model for r in by_short_id] == [CLIP]
+    assert by_short_id[0].result.acc1 == run_zeroshot(tiny_store, [CLIP], ["shapes"])[0].result.acc1
+
+
 def test_bad_input_is_one_clear_error(tiny_store):
     with pytest.raises(EmbedstoreError, match="no model .* matches 'nope'"):
         run_zeroshot(tiny_store, ["nope"], ["shapes"])

@@ -157,6 +157,17 @@ def test_gpu_decode_path_stays_close_to_the_cpu_path(tmp_path, image_folder):
     assert cos.min() > 0.98, cos.min()
 
 
+def test_templates_a_rerun_names_but_the_store_lacks_are_pointed_to_prompts_add(store, image_folder):
+    _extract(store, [f"shapes=imagefolder:{image_folder}?templates=simple"], models=[CLIP])
+    said: list[str] = []
+    plan = plan_from_args([CLIP], [f"shapes=imagefolder:{image_folder}?templates=openai"], workers=0, chunk_rows=8,
+                          batch_size=4, dtype="float32")  # fmt: skip
+    run_extraction(store, plan, log=said.append, progress=False)
+    notes = [line for line in said if "already registered with" in line]
+    assert len(notes) == 1 and "embedstore prompts add --dataset shapes" in notes[0], said
+    assert len(store.templates("shapes")) < 80
+
+
 def test_changed_dataset_is_refused_with_the_reason(store, tmp_path, image_folder):
     import shutil
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from embedstore.analysis.zeroshot import classifier_weights, zeroshot_cosines
 from embedstore.errors import AnalysisError
-from embedstore.store import Store
+from embedstore.store import Store, stored_model_id
 
 
 def _expand(patterns: Sequence[str], known: Sequence[str], what: str, store: Store) -> list[str]:
@@ -45,7 +45,7 @@ def _expand(patterns: Sequence[str], known: Sequence[str], what: str, store: Sto
 def resolve_models(store: Store, patterns: Sequence[str]) -> list[str]:
     """Model ids matching exact ids or glob patterns, in order of first match; an unmatched pattern is an error."""
     known = [r["model_id"] for r in store.query("SELECT model_id FROM models ORDER BY model_id")]
-    return _expand(patterns, known, "model", store)
+    return _expand([stored_model_id(p) for p in patterns], known, "model", store)
 
 
 def resolve_datasets(store: Store, patterns: Sequence[str]) -> list[str]:
@@ -56,7 +56,7 @@ def resolve_datasets(store: Store, patterns: Sequence[str]) -> list[str]:
 def named_explicitly(name: str, patterns: Sequence[str]) -> bool:
     """True when ``name`` was asked for by its exact name rather than only matched by a glob: pairs
     that do not fit an analysis are errors when named, and skipped when a glob swept them in."""
-    return name in patterns
+    return name in patterns or name in (stored_model_id(p) for p in patterns)
 
 
 def model_kind(store: Store, model: str) -> str:

@@ -229,7 +229,7 @@ def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool
 
         if ranks.is_main:
             with store.transaction():  # every model and dataset registered, or none
-                _register(store, adapters, datasets)
+                _register(store, adapters, datasets, log)
         ranks.barrier()
 
         for _, dataset in datasets:
@@ -258,13 +258,19 @@ def _dataset_locks(store: Store, plan: Plan, ranks: Ranks) -> Iterator[None]:
         yield
 
 
-def _register(store: Store, adapters, datasets) -> None:
+def _register(store: Store, adapters, datasets, log: Log) -> None:
     for adapter in adapters:
         info = adapter.describe()
         info["group_label"] = info.get("group")
         store.register_model(info)
     for dataset_plan, dataset in datasets:
-        store.register_dataset(dataset)
+        if not store.register_dataset(dataset):  # registered before: its templates stay as they were
+            known = set(store.templates(dataset.name))
+            unseen = [t for t in dataset.templates if t not in known]
+            if unseen:
+                log(f"{dataset.name}: already registered with {len(known)} templates; extract does not add the "
+                    f"{len(unseen)} other template(s) its source names (e.g. {unseen[0]!r}): add them with "
+                    f"`embedstore prompts add --dataset {dataset.name} --name NAME --file TEMPLATES.txt`")  # fmt: skip
         for name, templates in dataset_plan.prompt_sets.items():
             store.add_prompt_set(dataset.name, name, templates)
 

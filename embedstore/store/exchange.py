@@ -10,6 +10,7 @@ second export gives bit-identical files.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ import numpy as np
 
 from embedstore.errors import StoreError
 from embedstore.store.fingerprint import hash_object
-from embedstore.store.store import Store
+from embedstore.store.store import Store, stored_model_id
 
 EXPORT_FORMATS = ("npy", "h5", "parquet")
 IMPORT_CHUNK_ROWS = 4096
@@ -38,12 +39,30 @@ def _format_of(path: Path, fmt: str | None) -> str:
     return formats[suffix]
 
 
+def array_model(store: Store, dataset: str, model: str, name: str) -> str:
+    """``model`` itself, or the one model id the glob ``model`` matches among the models holding
+    array ``name`` on ``dataset`` (ids of models loaded from files are long; ``'openclip:*toy*'`` will do)."""
+    if not any(c in model for c in "*?["):
+        return stored_model_id(model)
+    holders = [info.model for info in store.list_arrays(dataset, None, name)]
+    hits = [m for m in holders if fnmatch.fnmatchcase(m, model)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        listing = ", ".join(holders) or "none"
+        raise StoreError(f"--model {model!r} matches no model with {name} on dataset {dataset}; those are: {listing}")
+    raise StoreError(f"--model {model!r} matches {len(hits)} models with {name} on {dataset}: {', '.join(hits)}; "
+                     "name one")  # fmt: skip
+
+
 def export_array(
     store: Store, dataset: str, model: str, name: str, output: str | Path, fmt: str | None = None
-) -> tuple[Path, tuple[int, ...]]:
-    """Write one array to ``output``; returns the path and the array's shape."""
+) -> tuple[Path, tuple[int, ...], str]:
+    """Write one array to ``output``; ``model`` may be a glob matching one model (`array_model`).
+    Returns the path, the array's shape and the model id."""
     output = Path(output)
     fmt = _format_of(output, fmt)
+    model = array_model(store, dataset, model, name)
     data = store.read_array(dataset, model, name)
     keys = _row_keys(store, dataset, name, data.shape[0])
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +87,7 @@ def export_array(
             b"embedstore.dtype": str(data.dtype).encode(),
         }
         pq.write_table(table.replace_schema_metadata(meta), output)
-    return output, tuple(data.shape)
+    return output, tuple(data.shape), model
 
 
 def _row_keys(store: Store, dataset: str, name: str, n: int) -> list[str]:

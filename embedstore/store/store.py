@@ -36,6 +36,12 @@ CATALOG_BUILDING = ".catalog-building.duckdb"
 DEFAULT_PROMPT_SET = "default"
 
 
+def stored_model_id(model: str) -> str:
+    """The id under which the store keeps ``model``: extraction writes ``...@random`` as ``...@random:0``
+    (its default seed), so both spellings find the same model."""
+    return model + ":0" if model.endswith("@random") else model
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
 
@@ -578,7 +584,13 @@ class Store:
         info = self._array_row(dataset, model, name)
         if info is None:
             have = self.query("SELECT DISTINCT name FROM arrays WHERE dataset = ? AND model = ?", [dataset, model])
-            hint = f"; it has {', '.join(r['name'] for r in have)}" if have else "; run `embedstore extract` first"
+            if have:
+                hint = f"; it has {', '.join(r['name'] for r in have)}"
+            else:
+                models = [r["model"] for r in self.query(
+                    "SELECT DISTINCT model FROM arrays WHERE dataset = ? AND name = ? ORDER BY model", [dataset, name])]  # fmt: skip
+                hint = (f"; models with {name} on {dataset}: {', '.join(models)}" if models
+                        else "; run `embedstore extract` first")  # fmt: skip
             raise StoreError(f"store holds no array {name} for model {model} on dataset {dataset}{hint}")
         return info
 
