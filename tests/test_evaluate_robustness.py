@@ -172,6 +172,16 @@ def test_a_glob_skips_classifiers_whose_head_does_not_fit_and_a_named_one_fails(
         run_robustness(study_store, [timm], "shapes", ["shapes-v2"], reference=REFERENCE_FILTER)
 
 
+def test_a_glob_skips_shifted_sets_without_labelled_classes_and_a_named_one_fails(study_store):
+    swept = ["shapes-v2", "shapes-[oc][oa]*"]  # also sweeps in shapes-ood (no labels) and shapes-captions (no classes)
+    report = run_robustness(study_store, ["import:*"], "shapes", swept, reference=REFERENCE_FILTER)
+    assert [shift.shifted for shift in report.shifts] == ["shapes-v2"] and not report.skipped
+    with pytest.raises(AnalysisError, match="shapes-ood has no labelled, decodable rows"):
+        run_robustness(study_store, ["import:*"], "shapes", ["shapes-ood"], reference=REFERENCE_FILTER)
+    with pytest.raises(AnalysisError, match="shapes-captions has no classes"):
+        run_robustness(study_store, ["import:*"], "shapes", ["shapes-captions"], reference=REFERENCE_FILTER)
+
+
 def test_in_distribution_dataset_cannot_also_be_a_shift(study_store):
     with pytest.raises(AnalysisError, match="in-distribution"):
         run_robustness(study_store, ["import:*"], "shapes", ["shapes*"], reference=REFERENCE_FILTER)

@@ -49,10 +49,10 @@ from embedstore.errors import AnalysisError, EmbedstoreError
 from embedstore.evaluate.common import (
     EvalData,
     eval_data,
+    has_labelled_classes,
     named_explicitly,
     resolve_datasets,
     resolve_models,
-    usable_rows,
 )
 from embedstore.store import Store
 
@@ -199,9 +199,13 @@ def _plan(
     """The datasets each model is calibrated on. A dataset with no classes or no labelled rows, or a
     classifier head that does not fit a dataset, is an error when named exactly and skipped when only a
     glob matched it (``common.named_explicitly``); the ``calibrate_on`` dataset counts as named."""
-    usable = [d for d in dataset_names if _fits_dataset(store, d, named_explicitly(d, dataset_patterns))]
+    usable = [
+        d
+        for d in dataset_names
+        if has_labelled_classes(store, d, named=named_explicitly(d, dataset_patterns), needed_for="calibration")
+    ]
     if source.dataset is not None:
-        _fits_dataset(store, source.dataset, named=True)
+        has_labelled_classes(store, source.dataset, named=True, needed_for="calibration")
     plan = {}
     for model in model_ids:
         named = named_explicitly(model, model_patterns)
@@ -216,19 +220,6 @@ def _plan(
             "(datasets need classes and labelled rows; classifier heads need the dataset's classes or a class subset)"
         )
     return plan
-
-
-def _fits_dataset(store: Store, dataset: str, named: bool) -> bool:
-    info = store.dataset_info(dataset)
-    if not info["classnames"]:
-        problem = f"dataset {dataset} has no classes (a {info['task']} dataset): calibration needs classes"
-    elif not len(usable_rows(store, dataset)):
-        problem = f"dataset {dataset} has no labelled, decodable rows: calibration needs labels"
-    else:
-        return True
-    if named:
-        raise AnalysisError(problem)
-    return False
 
 
 def _fits_head(store: Store, model: str, dataset: str, named: bool) -> bool:

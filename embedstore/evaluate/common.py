@@ -103,6 +103,22 @@ def usable_rows(store: Store, dataset: str, *, labelled: bool = True) -> np.ndar
     return np.flatnonzero(keep)
 
 
+def has_labelled_classes(store: Store, dataset: str, *, named: bool, needed_for: str) -> bool:
+    """Whether ``dataset`` has classes and labelled, decodable rows, as accuracy-based analyses need.
+    A dataset named exactly that has none is an error saying why (``needed_for``: the analysis); one
+    a glob swept in is skipped (False)."""
+    info = store.dataset_info(dataset)
+    if not info["classnames"]:
+        problem = f"dataset {dataset} has no classes (a {info['task']} dataset): {needed_for} needs classes"
+    elif not len(usable_rows(store, dataset)):
+        problem = f"dataset {dataset} has no labelled, decodable rows (an OOD set?): {needed_for} needs labels"
+    else:
+        return True
+    if named:
+        raise AnalysisError(problem)
+    return False
+
+
 def labels_of(store: Store, dataset: str) -> np.ndarray:
     return store.sample_table(dataset)["label"]
 

@@ -60,6 +60,7 @@ from embedstore.analysis.zeroshot import acc1
 from embedstore.errors import AnalysisError, StoreError
 from embedstore.evaluate.common import (
     eval_data,
+    has_labelled_classes,
     head_fits,
     model_kind,
     named_explicitly,
@@ -324,6 +325,11 @@ def run_robustness(
         shifted_names = resolve_datasets(store, shifted)
         if id_dataset in shifted_names:
             raise AnalysisError(f"shifted: {id_dataset} is the in-distribution dataset; name datasets under shift")
+        has_labelled_classes(store, id_dataset, named=True, needed_for="effective robustness")
+        shifted_names = [d for d in shifted_names if has_labelled_classes(  # globs sweep in caption and OOD sets
+            store, d, named=named_explicitly(d, shifted), needed_for="effective robustness")]  # fmt: skip
+        if not shifted_names:
+            raise AnalysisError(f"shifted: no dataset matching {', '.join(shifted)} has labelled classes")
         accuracies = AccuracyTable(store, prompt_set)
         skipped: dict[str, str] = {}
         datasets = [id_dataset, *shifted_names]

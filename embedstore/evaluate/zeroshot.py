@@ -19,6 +19,7 @@ import numpy as np
 from embedstore.analysis.zeroshot import ZeroShotResult, evaluate_logits, evaluate_zeroshot
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
+    has_labelled_classes,
     head_fits,
     labels_of,
     model_kind,
@@ -82,18 +83,8 @@ def run_zeroshot(
     exist are errors naming the missing array."""
     rows = []
     for dataset in resolve_datasets(store, datasets):
-        info = store.dataset_info(dataset)
-        if not info["classnames"]:
-            if named_explicitly(dataset, datasets):
-                raise AnalysisError(
-                    f"dataset {dataset} has no classes (a {info['task']} dataset): zero-shot classification needs classes"
-                )
-            continue
-        if not len(usable_rows(store, dataset)):
-            if named_explicitly(dataset, datasets):
-                raise AnalysisError(
-                    f"dataset {dataset} has no labelled, decodable rows (an OOD set?): nothing to score"
-                )
+        if not has_labelled_classes(store, dataset, named=named_explicitly(dataset, datasets),
+                                    needed_for="zero-shot classification"):  # fmt: skip
             continue
         for model in resolve_models(store, models):
             clip = model_kind(store, model) == "clip"
