@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
 
 from embedstore.extract.plan import COMPRESSIONS, DECODES, DTYPES, PRECISIONS, Plan, load_plan, plan_from_args
-from embedstore.extract.runner import run_extraction
-from embedstore.store import Store
+from embedstore.extract.runner import run_extraction_at
 from embedstore_cli.options import print_table, store_option, user_errors
 
 
@@ -46,7 +42,8 @@ def extract_command(store_path: str, plan_file: str | None, models: tuple[str, .
     """Run every model of a plan once over every dataset of it (one pass per dataset; resumable).
 
     Give models and datasets as options, or a TOML PLAN_FILE (options add to it and override its
-    settings). The store is created when it does not exist yet. Under torchrun each rank takes its own
+    settings). The store is created when it does not exist yet (and removed again when the run is
+    refused before writing anything). Under torchrun each rank takes its own
     chunks of every pass."""
     if plan_file:
         plan = load_plan(plan_file)
@@ -59,15 +56,7 @@ def extract_command(store_path: str, plan_file: str | None, models: tuple[str, .
         plan = plan.with_settings(**settings)
     else:
         plan = plan_from_args(models, datasets, **settings)
-    if not (Path(store_path) / "catalog.duckdb").exists():
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise click.ClickException(
-                f"no store at {store_path}: under torchrun, create it first with `embedstore init`"
-            )
-        Store.create(store_path)
-        click.echo(f"created store {store_path}", err=True)
-    store = Store.open(store_path, readonly=False)
-    report = run_extraction(store, plan, log=lambda msg: click.echo(msg, err=True), progress=not no_progress)
+    report = run_extraction_at(store_path, plan, log=lambda msg: click.echo(msg, err=True), progress=not no_progress)
     if report.rank != 0:
         return  # rank 0 reports for all ranks
     if report.arrays:

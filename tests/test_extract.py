@@ -14,7 +14,7 @@ from PIL import Image
 
 from embedstore.errors import EmbedstoreError, FingerprintMismatch
 from embedstore.extract.plan import plan_from_args
-from embedstore.extract.runner import run_extraction, zeroshot_weights
+from embedstore.extract.runner import run_extraction, run_extraction_at, zeroshot_weights
 from embedstore.models import load_model
 from embedstore.sources import open_dataset, write_dataset
 from embedstore.store import Store
@@ -196,6 +196,23 @@ def test_missing_root_and_weights_stop_before_any_work(store, tmp_path):
     with pytest.raises(EmbedstoreError, match="missing.pt"):
         _extract(store, ["s=synthetic:shapes?n=8"], models=[f"openclip:embedstore-tiny@{tmp_path / 'missing.pt'}"])
     assert store.list_arrays() == [] and store.query("SELECT * FROM datasets") == []
+
+
+def test_a_store_created_for_a_refused_run_is_removed_again(tmp_path, image_folder):
+    said: list[str] = []
+    refused = plan_from_args([CLIP], [f"x=imagefolder:{tmp_path / 'nowhere'}"], workers=0)
+    with pytest.raises(EmbedstoreError, match="nowhere"):
+        run_extraction_at(tmp_path / "new-store", refused, log=said.append, progress=False)
+    assert not (tmp_path / "new-store").exists() and "nothing was written" in said[-1]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmbedstoreError, match="nowhere"):
+        run_extraction_at(tmp_path / "empty", refused, log=said.append, progress=False)
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+    works = plan_from_args([CLIP], [f"shapes=imagefolder:{image_folder}"], workers=0, chunk_rows=8, batch_size=4)
+    run_extraction_at(tmp_path / "new-store", works, log=said.append, progress=False)
+    with pytest.raises(EmbedstoreError, match="nowhere"):  # an existing store is never removed
+        run_extraction_at(tmp_path / "new-store", refused, log=said.append, progress=False)
+    assert Store.exists(tmp_path / "new-store") and Store.open(tmp_path / "new-store").list_arrays()
 
 
 def test_caption_dataset_writes_caption_embeddings(store):

@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -239,6 +242,39 @@ def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool
     report.seconds = time.perf_counter() - started
     report.rank, report.world = ranks.rank, ranks.world
     return report
+
+
+def run_extraction_at(
+    path: str | os.PathLike, plan: Plan, *, log: Log = print, progress: bool = True
+) -> ExtractionReport:
+    """`run_extraction` into the store at ``path``, creating the store when there is none. A store
+    created here is removed again when the run fails before any array was written (a mistyped
+    dataset root or missing weights leave no empty store behind). Under torchrun the store must
+    exist: ranks cannot agree on who creates it."""
+    path = Path(path)
+    created = not Store.exists(path)
+    if created:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise StoreError(f"no store at {path}: under torchrun, create it first with `embedstore init`")
+        existed = path.exists()
+        Store.create(path)
+        log(f"created store {path}")
+    store = Store.open(path, readonly=False)
+    try:
+        return run_extraction(store, plan, log=log, progress=progress)
+    except BaseException:
+        if created and not store.list_arrays():
+            _remove_new_store(path, keep_folder=existed)
+            log(f"removed the store {path} created for this run: nothing was written")
+        raise
+
+
+def _remove_new_store(path: Path, *, keep_folder: bool) -> None:
+    if not keep_folder:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():  # the folder was there (empty) before the store was made in it
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 @contextlib.contextmanager

@@ -128,6 +128,11 @@ class Store:
         os.replace(building, path / CATALOG_FILE)
         return cls(path, Catalog(path / CATALOG_FILE, readonly=False, lock_timeout=_lock_timeout()), arrays)
 
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether ``path`` holds a store (its catalog)."""
+        return (Path(path) / CATALOG_FILE).is_file()
+
     @classmethod
     def open(cls, path: str | os.PathLike, *, readonly: bool = True) -> Store:
         """Open an existing store. A writable open upgrades an older catalog schema first."""
