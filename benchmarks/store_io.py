@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info  # noqa: E402
 
+from embedstore.extract.plan import Settings  # noqa: E402
 from embedstore.store import Store  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -128,7 +129,7 @@ def main() -> None:
         print(f"{'store ' + name:22}{r['store_write_s']:9.3f}{r['store_read_s']:9.4f}{r['array_mb'] / r['store_read_s']:11.0f}"
               f"{r['store_read_vs_npy']:8.2f}{r['store_read_vs_h5']:7.2f}{r['store_bytes_on_disk'] / 1e6:9.1f}")  # fmt: skip
     report = {"benchmark": "store_io", "rows": args.rows, "dim": args.dim, "dtype": "float16", "chunk_rows": args.chunk_rows,
-              "reads": "warm (page cache), median", "repeats": args.repeats, "default_compression": "blosc-lz4",
+              "reads": "warm (page cache), median", "repeats": args.repeats, "default_compression": Settings.compression,
               "results": results, "machine": machine_info()}  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
