@@ -26,7 +26,7 @@ def prompts_group() -> None:
 
 @prompts_group.command("list")
 @store_option
-@click.option("--dataset", required=True)
+@click.option("--dataset", required=True, help="Dataset name as stored.")
 @json_option
 @user_errors
 def list_command(store_path, dataset, as_json) -> None:
@@ -43,13 +43,13 @@ def list_command(store_path, dataset, as_json) -> None:
 
 @prompts_group.command("add")
 @store_option
-@click.option("--dataset", required=True)
+@click.option("--dataset", required=True, help="Dataset whose templates grow.")
 @click.option("--name", required=True, help="Name of the prompt set to define (replaced if it exists).")
 @click.option("--template", "templates", multiple=True, help="A template with {c} (repeatable).")
 @click.option("--file", "template_file", type=click.Path(dir_okay=False, exists=True), help="One template per line.")
 @click.option("--model", "models", multiple=True, help="CLIP models to encode for [every CLIP model with text_emb].")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Where the text towers run (cpu, cuda, cuda:N).")
+@click.option("--batch-size", default=256, show_default=True, help="Prompts encoded per batch.")
 @user_errors
 def add_command(store_path, dataset, name, templates, template_file, models, device, batch_size) -> None:
     """Define a prompt set; templates new to the dataset are encoded with each model's text tower only."""
@@ -86,12 +86,12 @@ def ablate_command(store_path, models, datasets, as_json) -> None:
 
 @prompts_group.command("select")
 @store_option
-@click.option("--model", required=True)
-@click.option("--dataset", required=True)
+@click.option("--model", required=True, help="CLIP model id (or a glob matching one).")
+@click.option("--dataset", required=True, help="Dataset with classes and labels.")
 @click.option("--split", "fraction", default=0.5, show_default=True, help="Fraction of rows used for selecting.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the row split.")
 @click.option("--max-templates", type=int, default=None, help="Stop after this many templates.")
-@click.option("--save-as", default=None, help="Store the best prefix as this prompt set.")
+@click.option("--save-as", default=None, help="Store the prefix with the best selection acc1 as this prompt set.")
 @json_option
 @user_errors
 def select_command(store_path, model, dataset, fraction, seed, max_templates, save_as, as_json) -> None:
@@ -104,4 +104,5 @@ def select_command(store_path, model, dataset, fraction, seed, max_templates, sa
     print_table(["step", "template", "select acc1", "report acc1"],
                 [[k + 1, t, a, b] for k, (t, a, b) in enumerate(zip(row.templates, row.select_acc, row.report_acc))])  # fmt: skip
     if save_as:
-        click.echo(f"saved the best prefix as prompt set {save_as!r}")
+        click.echo(f"saved the best prefix (the first {row.best_prefix} templates: best select acc1) as prompt set "
+                   f"{save_as!r}")  # fmt: skip

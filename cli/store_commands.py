@@ -90,7 +90,7 @@ def sql_command(store_path: str, statement: str, fmt: str, output: str | None) -
     stream = open(output, "w", newline="") if output else sys.stdout
     try:
         if fmt == "csv":
-            writer = csv.writer(stream)
+            writer = csv.writer(stream, lineterminator="\n")
             writer.writerow(table.column_names)
             writer.writerows(rows)
         elif fmt == "json":

@@ -117,7 +117,7 @@ def test_a_second_call_reuses_the_files(quick_models, monkeypatch: pytest.Monkey
     monkeypatch.setattr(demo, "_train_all", refuse)
     messages: list[str] = []
     assert train_toy_models(folder, seed=3, progress=messages.append, recipe=QUICK) == plans
-    assert messages == [f"using the toy models trained in {folder} (seed 3; pass retrain=True to train them again)"]
+    assert messages == [f"using the toy models trained in {folder} (seed 3; `embedstore demo --retrain` trains them again)"]
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
 
 

@@ -157,7 +157,10 @@ def test_ablation_and_selection_record_results(tiny_store):
     assert len(rows) == 2 and len(rows[0].per_template) == len(tiny_store.templates("shapes"))
     selection = run_selection(tiny_store, CLIP, "shapes", max_templates=3, save_as="greedy3")
     assert len(selection.order) == 3 and len(set(selection.order)) == 3
-    assert 1 <= len(tiny_store.prompt_set("shapes", "greedy3")) <= 3
+    assert len(tiny_store.prompt_set("shapes", "greedy3")) == selection.best_prefix
+    assert selection.select_acc[selection.best_prefix - 1] == max(selection.select_acc)
+    with pytest.raises(EmbedstoreError, match="matches 2 models"):
+        run_selection(tiny_store, "openclip:*", "shapes", max_templates=1)
     metrics = {r["metric"] for r in tiny_store.query("SELECT metric FROM results WHERE analysis = 'prompts'")}
     assert {"acc1@template:0", "acc1@set:default", "select_acc1@step:1", "report_acc1@step:3"} <= metrics
 

@@ -158,7 +158,8 @@ def test_gpu_decode_path_stays_close_to_the_cpu_path(tmp_path, image_folder):
 
 
 def test_templates_a_rerun_names_but_the_store_lacks_are_pointed_to_prompts_add(store, image_folder):
-    _extract(store, [f"shapes=imagefolder:{image_folder}?templates=simple"], models=[CLIP])
+    report = _extract(store, [f"shapes=imagefolder:{image_folder}?templates=simple"], models=[CLIP])
+    assert sorted(a.name for a in report.arrays) == ["image_emb", "logits", "text_emb"]  # the summary lists all
     said: list[str] = []
     plan = plan_from_args([CLIP], [f"shapes=imagefolder:{image_folder}?templates=openai"], workers=0, chunk_rows=8,
                           batch_size=4, dtype="float32")  # fmt: skip
@@ -216,7 +217,8 @@ def test_a_store_created_for_a_refused_run_is_removed_again(tmp_path, image_fold
 
 
 def test_caption_dataset_writes_caption_embeddings(store):
-    _extract(store, ["caps=synthetic:shapes-captions?n=12&seed=0"], models=[CLIP])
+    report = _extract(store, ["caps=synthetic:shapes-captions?n=12&seed=0"], models=[CLIP])
+    assert {(a.name, a.status) for a in report.arrays} == {("image_emb", "complete"), ("caption_emb", "complete")}
     captions = store.caption_table("caps")
     emb = store.read_array("caps", "openclip:embedstore-tiny@random:0", "caption_emb")
     assert emb.shape == (len(captions["text"]), 32) and len(captions["text"]) > 12

@@ -347,6 +347,18 @@ def test_accuracy_on_the_line_data_uses_shifts_only_and_infers_the_id_dataset(st
     assert any("shapes-ood (OOD set)" in note for note in sourced.notes)
 
 
+def test_a_labelled_shift_used_once_as_ood_data_stays_a_shift(tiny_store):
+    zs = zeroshot_params("clip")
+    model = "openclip:embedstore-tiny@random:0"
+    for dataset, acc in (("shapes", 0.6), ("shapes-sketch", 0.4)):
+        tiny_store.put_results("zeroshot", [("acc1", acc)], params=zs, model=model, dataset=dataset)
+    ood = {**zs, "score": "msp", "positive": "id", "ood_datasets": ["shapes-sketch", "shapes-ood"]}
+    tiny_store.put_results("ood", [("auroc", 0.7), ("auroc@ood:shapes-sketch", 0.6), ("auroc@ood:shapes-ood", 0.8)],
+                           params=ood, model=model, dataset="shapes")  # fmt: skip
+    roles = report_data.special_datasets(ReportData.load(tiny_store))
+    assert roles.get("shapes-ood") == "OOD set" and "shapes-sketch" not in roles
+
+
 def test_latest_row_wins_and_other_prompt_sets_are_ignored(tiny_store):
     store = tiny_store
     model = "openclip:embedstore-tiny@random:0"

@@ -138,7 +138,7 @@ def train_toy_models(
     say = progress or (lambda _message: None)
     manifest = None if retrain else read_manifest(folder)
     if manifest is not None and _reusable(manifest, folder, seed, recipe):
-        say(f"using the toy models trained in {folder} (seed {seed}; pass retrain=True to train them again)")
+        say(f"using the toy models trained in {folder} (seed {seed}; `embedstore demo --retrain` trains them again)")
     else:
         _prepare_folder(folder)
         manifest = _train_all(folder, seed, recipe, say)

@@ -74,6 +74,7 @@ class SelectionRow:
     select_acc: list[float]
     report_acc: list[float]
     saved_as: str | None
+    best_prefix: int  # templates in the prefix with the best selection-split acc1 (what save_as keeps)
 
 
 def run_selection(
@@ -83,7 +84,10 @@ def run_selection(
     """Greedy forward selection of templates on a seeded ``fraction`` of the rows, reported on the rest
     (OpenAI's procedure for its 7 ImageNet templates). ``save_as`` stores the best prefix on the
     selection rows as a prompt set."""
-    (model,) = resolve_models(store, [model])[:1]
+    matched = resolve_models(store, [model])
+    if len(matched) != 1:
+        raise AnalysisError(f"--model {model!r} matches {len(matched)} models ({', '.join(matched)}): select one")
+    (model,) = matched
     rows, image, text, labels = _clip_arrays(store, model, dataset)
     select, report = split_rows(len(rows), fraction, seed)
     result = greedy_template_selection(image, text, labels, select, report, max_templates=max_templates)
@@ -97,7 +101,7 @@ def run_selection(
     metrics += [(f"report_acc1@step:{k + 1}", float(a)) for k, a in enumerate(result.report_acc)]
     store.put_results("prompts", metrics, params=params, model=model, dataset=dataset)
     return SelectionRow(model, dataset, list(map(int, result.order)), [templates[i] for i in result.order],
-                        list(map(float, result.select_acc)), list(map(float, result.report_acc)), save_as)  # fmt: skip
+                        list(map(float, result.select_acc)), list(map(float, result.report_acc)), save_as, best)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -343,7 +343,7 @@ def _write_all(array: StoreArray, data: np.ndarray) -> None:
 
 
 def _text_array(store: Store, dataset, adapter, plan: Plan, runtime: Runtime, ranks: Ranks, log: Log, name: str,
-                shape: tuple[int, ...], chunk_rows: int, kind: str, encode: Callable[[], np.ndarray]) -> None:  # fmt: skip
+                shape: tuple[int, ...], chunk_rows: int, kind: str, encode: Callable[[], np.ndarray]) -> ArrayReport:  # fmt: skip
     """Create or reopen one text array (rank 0 only) and write it whole with ``encode()`` unless it
     is complete. The catalog work holds one connection; the encoding runs without it."""
     dtype = plan.settings.dtype
@@ -352,21 +352,22 @@ def _text_array(store: Store, dataset, adapter, plan: Plan, runtime: Runtime, ra
         array = _open_array(store, ranks, dataset, adapter, name, shape, dtype, chunk_rows, fp, settings, plan, runtime)
         complete = not array.missing_chunks()
         if complete:  # already written; record it (a killed run may have written it unrecorded)
-            store.update_array_progress(dataset.name, adapter.model_id, name)
+            info = store.update_array_progress(dataset.name, adapter.model_id, name)
     if complete:
-        return
+        return ArrayReport(dataset.name, adapter.model_id, name, info.rows_total, info.rows_done, info.status)
     start = time.perf_counter()
     values = encode()
     _write_all(array, values.astype(dtype))
     seconds = time.perf_counter() - start
     rows = int(np.prod(values.shape[:-1]))
-    store.update_array_progress(dataset.name, adapter.model_id, name, seconds=seconds,
-                                rows_per_s=rows / max(seconds, 1e-9))  # fmt: skip
+    info = store.update_array_progress(dataset.name, adapter.model_id, name, seconds=seconds,
+                                       rows_per_s=rows / max(seconds, 1e-9))  # fmt: skip
     log(f"  {adapter.model_id}: {name} {list(shape)} ({rows} texts) in {seconds:.1f} s")
+    return ArrayReport(dataset.name, adapter.model_id, name, info.rows_total, info.rows_done, info.status)
 
 
 def _extract_text(
-    store: Store, dataset, adapter, plan: Plan, runtime: Runtime, ranks: Ranks, log: Log
+    store: Store, dataset, adapter, plan: Plan, runtime: Runtime, ranks: Ranks, log: Log, report: ExtractionReport
 ) -> np.ndarray | None:
     """text_emb and caption_emb of one CLIP model (rank 0 encodes, the others read); returns the
     zero-shot classifier's text embeddings as stored, or None when the dataset has no classes."""
@@ -377,17 +378,19 @@ def _extract_text(
         # templates and their embeddings) and the T axis of the shape is checked on reopening.
         templates = store.templates(dataset.name)
         if ranks.is_main:
-            _text_array(store, dataset, adapter, plan, runtime, ranks, log, "text_emb",
-                        (len(dataset.classnames), len(templates), adapter.embed_dim), TEXT_CHUNK_ROWS, "text",
-                        lambda: encode_class_templates(adapter, dataset.classnames, templates, batch_size))  # fmt: skip
+            report.arrays.append(_text_array(
+                store, dataset, adapter, plan, runtime, ranks, log, "text_emb",
+                (len(dataset.classnames), len(templates), adapter.embed_dim), TEXT_CHUNK_ROWS, "text",
+                lambda: encode_class_templates(adapter, dataset.classnames, templates, batch_size)))  # fmt: skip
         ranks.barrier()
         text_emb = store.read_array(dataset.name, adapter.model_id, "text_emb")
     captions = [text for sample in dataset.samples for text in sample.captions]
     if captions:
         if ranks.is_main:
-            _text_array(store, dataset, adapter, plan, runtime, ranks, log, "caption_emb",
-                        (len(captions), adapter.embed_dim), plan.settings.chunk_rows, "captions",
-                        lambda: encode_texts(adapter, captions, batch_size))  # fmt: skip
+            report.arrays.append(_text_array(
+                store, dataset, adapter, plan, runtime, ranks, log, "caption_emb",
+                (len(captions), adapter.embed_dim), plan.settings.chunk_rows, "captions",
+                lambda: encode_texts(adapter, captions, batch_size)))  # fmt: skip
         ranks.barrier()
     return text_emb
 
@@ -398,7 +401,7 @@ def _extract_dataset(store: Store, dataset, adapters, plan: Plan, runtime: Runti
     n = len(dataset)
     log(f"{dataset.name}: {n} images, {len(dataset.classnames)} classes, {len(adapters)} model(s)")
     text_embs = {
-        adapter.model_id: _extract_text(store, dataset, adapter, plan, runtime, ranks, log)
+        adapter.model_id: _extract_text(store, dataset, adapter, plan, runtime, ranks, log, report)
         for adapter in adapters
         if adapter.kind == "clip"
     }

@@ -317,13 +317,16 @@ def _most_common(counts: Counter) -> Any:
 
 
 def special_datasets(data: ReportData) -> dict[str, str]:
-    """``{dataset: role}`` of datasets that are not distribution shifts of the ID dataset."""
+    """``{dataset: role}`` of datasets that are not distribution shifts of the ID dataset. A dataset
+    used as an OOD set counts as one only when no model has a zero-shot accuracy on it: a labelled
+    shift that also served once as OOD data stays a shift."""
     roles: dict[str, str] = {}
+    scored = {row.dataset for row in data.rows("zeroshot") if row.metric == ACC1}
     for row in data.rows("ood"):
-        for name in row.params.get("ood_datasets") or []:
-            roles[name] = "OOD set"
+        names = list(row.params.get("ood_datasets") or [])
         if OOD_SET in row.metric:
-            roles[row.metric.split(OOD_SET, 1)[1]] = "OOD set"
+            names.append(row.metric.split(OOD_SET, 1)[1])
+        roles.update((name, "OOD set") for name in names if name not in scored)
     for analysis, role in (
         ("shape_bias", "cue-conflict set"),
         ("factors", "ImageNet-X set"),
