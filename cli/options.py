@@ -29,7 +29,8 @@ def json_option(func: Callable) -> Callable:
 
 
 def user_errors(func: Callable) -> Callable:
-    """Turn the library's user-caused errors into one-line click errors (no traceback, exit 1)."""
+    """Turn the library's user-caused errors, and file-system errors on a named path (an output folder
+    that is a file, a missing directory, no permission), into one-line click errors (exit 1)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,6 +38,10 @@ def user_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except EmbedstoreError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if exc.filename is None:  # not about a path the user gave: a real fault, with its traceback
+                raise
+            raise click.ClickException(f"{exc.filename}: {exc.strerror or exc}") from None
 
     return wrapper
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from embedstore.evaluate.prompts import add_templates, prompt_set_table, run_ablation, run_selection
+from embedstore.sources.classes import read_list_file
 from embedstore.store import Store
 from embedstore_cli.options import (
     datasets_option,
@@ -49,13 +48,13 @@ def list_command(store_path, dataset, as_json) -> None:
 @click.option("--file", "template_file", type=click.Path(dir_okay=False, exists=True), help="One template per line.")
 @click.option("--model", "models", multiple=True, help="CLIP models to encode for [every CLIP model with text_emb].")
 @click.option("--device", default="cpu", show_default=True, help="Where the text towers run (cpu, cuda, cuda:N).")
-@click.option("--batch-size", default=256, show_default=True, help="Prompts encoded per batch.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Prompts encoded per batch."
+)
 @user_errors
 def add_command(store_path, dataset, name, templates, template_file, models, device, batch_size) -> None:
     """Define a prompt set; templates new to the dataset are encoded with each model's text tower only."""
-    texts = list(templates) + (
-        [t for t in Path(template_file).read_text().splitlines() if t.strip()] if template_file else []
-    )
+    texts = list(templates) + (read_list_file(template_file, "templates") if template_file else [])
     if not texts:
         raise click.UsageError("give templates with --template or --file")
     added = add_templates(Store.open(store_path, readonly=False), dataset, name, texts, models=models or None,

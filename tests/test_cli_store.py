@@ -80,6 +80,19 @@ def test_export_takes_a_glob_matching_one_model_and_names_the_candidates_otherwi
     assert not (tmp_path / "x.npy").exists()
 
 
+def test_an_output_path_that_cannot_be_written_is_one_line(run, tmp_path, matrix):
+    run("init")
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy",
+        "--keys", tmp_path / "keys.txt")  # fmt: skip
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    for args in (["sql", "SELECT 1 AS a", "--format", "csv", "--output", afile / "x.csv"],
+                 ["export", "--dataset", "ds", "--model", "m1", "--array", "image_emb", "-o", afile / "x.npy"]):  # fmt: skip
+        result = run(*args, ok=False)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert str(afile) in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_import_places_rows_by_key(run, tmp_path, matrix):
     data, keys = matrix
     run("init")

@@ -112,7 +112,7 @@ def test_named_subsets_need_one_index_per_class(tmp_path):
         ("names", "one\n", r"class names file .* has 1 names but the dataset has 2 classes"),
         ("subset", "1\nx\n", r"'x' is not an integer index"),
         ("subset", "1\n1\n", r"repeats an index"),
-        ("templates", "a photo of a {}.\n", r"template 1: 'a photo of a \{\}.' has no \{c\} placeholder"),
+        ("templates", "a photo of a {}.\n", r"template 0 'a photo of a \{\}.' has no \{c\} placeholder"),
         ("classes", "a\n", r"folder 'b' is not listed in classes file"),
         ("classes", "a\nb\na\n", r"lists a class twice"),
         ("classes", "\n\n", r"is empty"),

@@ -70,11 +70,12 @@ class Settings:
             if value not in allowed:
                 raise PlanError(f"settings.{name} = {value!r}: use one of {', '.join(allowed)}")
         for name in ("batch_size", "chunk_rows", "pixel_limit"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise PlanError(f"settings.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not isinstance(self.workers, int) or self.workers < 0:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise PlanError(f"settings.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise PlanError(f"settings.workers must be 0 or more, got {self.workers!r}")
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise PlanError(f"settings.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
 
 
@@ -118,17 +119,25 @@ _SETTINGS_KEYS = set(Settings.__dataclass_fields__)
 
 def load_plan(path: str | Path) -> Plan:
     """Read a TOML plan file; every mistake is one line naming the file and the key."""
+    from embedstore.analysis.prompts import validate_templates
+    from embedstore.sources.spec import DATASET_NAME
+
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PlanError(f"plan file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"plan file {path} is not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"plan file {path} is not valid TOML: {exc}") from None
     unknown = set(raw) - {"settings", "models", "datasets"}
     if unknown:
         raise PlanError(f"{path}: unknown section {sorted(unknown)[0]!r} (use settings, models, datasets)")
     settings_raw = raw.get("settings", {})
+    _require(isinstance(settings_raw, dict), f"{path}: [settings] must be a table of key = value lines")
+    for section in ("models", "datasets"):
+        _require(isinstance(raw.get(section, []), list), f"{path}: {section} must be [[{section}]] entries")
     unknown = set(settings_raw) - _SETTINGS_KEYS
     if unknown:
         raise PlanError(f"{path}: unknown setting {sorted(unknown)[0]!r}; known: {', '.join(sorted(_SETTINGS_KEYS))}")
@@ -139,6 +148,7 @@ def load_plan(path: str | Path) -> Plan:
         extra = set(entry) - {"id", "metadata"}
         if extra:
             raise PlanError(f"{path}: models[{i}] has unknown key {sorted(extra)[0]!r}")
+        _require(isinstance(entry.get("metadata", {}), dict), f"{path}: models[{i}].metadata must be a table")
         models.append(ModelPlan(str(entry["id"]), dict(entry.get("metadata", {}))))
     datasets = []
     for i, entry in enumerate(raw.get("datasets", [])):
@@ -147,6 +157,16 @@ def load_plan(path: str | Path) -> Plan:
         extra = set(entry) - {"name", "source", "options", "prompt_sets"}
         if extra:
             raise PlanError(f"{path}: datasets[{i}] has unknown key {sorted(extra)[0]!r}")
+        where = f"{path}: datasets[{i}]"
+        _require(isinstance(entry["name"], str) and DATASET_NAME.fullmatch(entry["name"]) is not None,
+                 f"{where}: name {entry['name']!r} must be letters, digits, '_', '.', '-' (starting with a letter or digit)")  # fmt: skip
+        _require(isinstance(entry.get("options", {}), dict), f"{where}.options must be a table")
+        _require(isinstance(entry.get("prompt_sets", {}), dict), f"{where}.prompt_sets must be a table of lists")
+        for set_name, set_templates in dict(entry.get("prompt_sets", {})).items():
+            try:
+                validate_templates(set_templates)
+            except EmbedstoreError as exc:
+                raise PlanError(f"{where}.prompt_sets.{set_name}: {exc}") from None
         source = str(entry["source"])
         if ":" in source and not Path(source.split(":", 1)[1].split("?", 1)[0].split("#", 1)[0]).is_absolute():
             kind, rest = source.split(":", 1)
@@ -159,6 +179,11 @@ def load_plan(path: str | Path) -> Plan:
     except TypeError as exc:
         raise PlanError(f"{path}: {exc}") from None
     return Plan(tuple(models), tuple(datasets), settings)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise PlanError(message)
 
 
 def plan_from_args(models: Sequence[str], datasets: Sequence[str], **settings: Any) -> Plan:

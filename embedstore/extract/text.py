@@ -51,6 +51,8 @@ def tokenize(adapter, texts: Sequence[str], workers: int | None = None) -> torch
 
 def encode_texts(adapter, texts: Sequence[str], batch_size: int) -> np.ndarray:
     """``[N, D]`` float32 text features, as the text tower returns them (not normalised)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if not texts:
         return np.zeros((0, adapter.embed_dim), dtype=np.float32)
     tokens = tokenize(adapter, texts)

@@ -16,7 +16,7 @@ from typing import Any
 from embedstore.errors import DatasetError
 from embedstore.sources.base import KINDS
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # also a folder of the store
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -41,7 +41,7 @@ def parse_dataset_spec(text: str) -> tuple[str, str]:
     if not sep:
         raise DatasetError(f"dataset spec {text!r}: expected NAME=KIND:PATH (e.g. imnet=imagefolder:/data/val)")
     name = name.strip()
-    if not _NAME.fullmatch(name):
+    if not DATASET_NAME.fullmatch(name):
         raise DatasetError(f"dataset spec {text!r}: name {name!r} must match [A-Za-z0-9][A-Za-z0-9_.-]*")
     split_spec(spec)
     return name, spec

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from embedstore.errors import DatasetError
+from embedstore.errors import AnalysisError, DatasetError
 from embedstore.sources import imagenet
 from embedstore.sources.classes import read_list_file
 
@@ -52,10 +52,14 @@ def resolve_templates(value: str) -> list[str]:
 
 
 def check_templates(templates: list[str], source: str) -> None:
-    """Every template must contain the ``{c}`` placeholder (CLIP_benchmark formats with ``c=``)."""
-    for number, template in enumerate(templates, start=1):
-        if "{c}" not in template:
-            raise DatasetError(f"templates {source!r}, template {number}: {template!r} has no {{c}} placeholder")
+    """Every template must format with exactly the ``{c}`` field (CLIP_benchmark formats with ``c=``):
+    `embedstore.analysis.prompts.validate_templates`, its error naming ``source``."""
+    from embedstore.analysis.prompts import validate_templates
+
+    try:
+        validate_templates(templates)
+    except AnalysisError as exc:
+        raise DatasetError(f"templates {source!r}: {exc}") from None
 
 
 def default_templates(imagenet_like: bool) -> list[str]:
