@@ -116,6 +116,12 @@ def test_import_errors_are_one_line(run, tmp_path, matrix):
     result = run("import", "--dataset", "ds", "--model", "m", "--array", "image_emb", tmp_path / "emb.npy", ok=False)
     assert "carries no sample keys" in result.output
     assert run("sql", "SELECT count(*) AS n FROM datasets", "--format", "json").output.count('"n": 0') == 1
+    for bad_name in ("../evil", "", "a/b"):
+        result = run("import", "--dataset", "ds", "--model", "m", "--array", bad_name, tmp_path / "emb.npy",
+                     "--keys", tmp_path / "keys.txt", ok=False)  # fmt: skip
+        assert result.exit_code == 1 and f"array name {bad_name!r}" in result.output
+    for table in ("models", "datasets"):
+        assert run("sql", f"SELECT count(*) AS n FROM {table}", "--format", "json").output.count('"n": 0') == 1
 
 
 def test_ls_and_sql_formats(run, tmp_path, matrix):

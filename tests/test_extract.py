@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from embedstore.errors import EmbedstoreError, FingerprintMismatch
-from embedstore.extract.plan import plan_from_args
+from embedstore.extract.plan import DatasetPlan, ModelPlan, Plan, Settings, plan_from_args
 from embedstore.extract.runner import run_extraction, run_extraction_at, zeroshot_weights
 from embedstore.models import load_model
 from embedstore.sources import open_dataset, write_dataset
@@ -167,6 +167,19 @@ def test_templates_a_rerun_names_but_the_store_lacks_are_pointed_to_prompts_add(
     notes = [line for line in said if "already registered with" in line]
     assert len(notes) == 1 and "embedstore prompts add --dataset shapes" in notes[0], said
     assert len(store.templates("shapes")) < 80
+
+
+def test_a_plan_adding_templates_to_encoded_text_is_refused_and_changes_nothing(store, image_folder):
+    _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP])
+    models_before, templates_before = store.query("SELECT * FROM models"), store.templates("shapes")
+    settings = Settings(workers=0, chunk_rows=8, batch_size=4, dtype="float32")
+    plan = Plan((ModelPlan(CLIP, {"group": "my-group"}),),
+                (DatasetPlan("shapes", f"imagefolder:{image_folder}", {}, {"mine": ["a {c} in the rain."]}),),
+                settings)  # fmt: skip
+    with pytest.raises(EmbedstoreError, match="prompt set 'mine' names 1 template.*embedstore prompts add"):
+        run_extraction(store, plan, **QUIET)
+    assert store.query("SELECT * FROM models") == models_before and store.templates("shapes") == templates_before
+    assert "mine" not in store.prompt_sets("shapes")
 
 
 def test_changed_dataset_is_refused_with_the_reason(store, tmp_path, image_folder):

@@ -308,7 +308,21 @@ def _register(store: Store, adapters, datasets, log: Log) -> None:
                     f"{len(unseen)} other template(s) its source names (e.g. {unseen[0]!r}): add them with "
                     f"`embedstore prompts add --dataset {dataset.name} --name NAME --file TEMPLATES.txt`")  # fmt: skip
         for name, templates in dataset_plan.prompt_sets.items():
+            _refuse_unencoded_templates(store, dataset.name, name, templates)
             store.add_prompt_set(dataset.name, name, templates)
+
+
+def _refuse_unencoded_templates(store: Store, dataset: str, prompt_set: str, templates: Sequence[str]) -> None:
+    """A plan's prompt set may add templates only while the dataset has no text embeddings: once
+    ``text_emb`` exists, its template axis is fixed, and `embedstore prompts add` extends it."""
+    known = set(store.templates(dataset))
+    new = [t for t in templates if t not in known]
+    if new and store.list_arrays(dataset, None, "text_emb"):
+        raise EmbedstoreError(
+            f"dataset {dataset}: the plan's prompt set {prompt_set!r} names {len(new)} template(s) its stored "
+            f"text embeddings lack (e.g. {new[0]!r}); add them with `embedstore prompts add --dataset {dataset} "
+            f"--name {prompt_set} --file TEMPLATES.txt` (it encodes only those), or leave them out of the plan"
+        )
 
 
 def _settings_fingerprint(runtime: Runtime, plan: Plan, adapter, **extra: Any) -> tuple[str, dict[str, Any]]:

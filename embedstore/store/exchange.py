@@ -204,6 +204,7 @@ def import_array(
     h5_dataset: str = "data",
 ) -> tuple[int, ...]:
     """Import a matrix as array ``dataset/model/name``; returns its shape."""
+    store.array_path(dataset, model, name)  # a bad array name is refused before anything is registered
     data, keys = read_matrix(path, keys_file, h5_dataset)
     if str(data.dtype) not in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool"):
         raise StoreError(f"{path} holds dtype {data.dtype}, which a store cannot keep")

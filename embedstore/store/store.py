@@ -46,6 +46,9 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
 
 
+ARRAY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def path_component(name: str) -> str:
     """A folder name for a dataset or model id: safe characters kept, others replaced, cut to 100
     characters, and a short hash appended whenever anything was changed so that two ids never share
@@ -402,6 +405,9 @@ class Store:
     # -- arrays ------------------------------------------------------------------------------------------
 
     def array_path(self, dataset: str, model: str, name: str) -> str:
+        if not ARRAY_NAME.fullmatch(name):
+            raise StoreError(f"array name {name!r}: use letters, digits, '_', '.' and '-', starting with a letter, "
+                             "digit or '_' (e.g. image_emb)")  # fmt: skip
         return f"{path_component(dataset)}/{path_component(model)}/{name}"
 
     def open_array_writer(
