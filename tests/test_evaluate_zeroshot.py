@@ -114,6 +114,16 @@ def test_a_random_init_model_is_found_by_the_id_it_was_extracted_with(tiny_store
     assert by_short_id[0].result.acc1 == run_zeroshot(tiny_store, [CLIP], ["shapes"])[0].result.acc1
 
 
+def test_a_run_that_fails_on_one_pair_stores_nothing(tiny_store):
+    count = "SELECT count(*) AS n FROM results"
+    before = tiny_store.query(count)[0]["n"]
+    with pytest.raises(EmbedstoreError, match="shapes-captions has no classes"):
+        run_zeroshot(tiny_store, [CLIP], ["shapes", "shapes-captions"])  # shapes is scored first
+    assert tiny_store.query(count)[0]["n"] == before
+    run_zeroshot(tiny_store, [CLIP], ["shapes", "shapes-v2"])
+    assert tiny_store.query(count)[0]["n"] > before
+
+
 def test_bad_input_is_one_clear_error(tiny_store):
     with pytest.raises(EmbedstoreError, match="no model .* matches 'nope'"):
         run_zeroshot(tiny_store, ["nope"], ["shapes"])
@@ -154,6 +164,8 @@ def test_prompts_add_encodes_text_only_and_new_sets_evaluate(tiny_store, monkeyp
 
 def test_ablation_and_selection_record_results(tiny_store):
     rows = run_ablation(tiny_store, ["openclip:*", TIMM], ["shapes"])
+    swept = run_ablation(tiny_store, ["openclip:*"], ["shapes-[co]*"])  # cue-conflict; captions and ood skipped
+    assert {r.dataset for r in swept} == {"shapes-cue-conflict"}
     assert len(rows) == 2 and len(rows[0].per_template) == len(tiny_store.templates("shapes"))
     selection = run_selection(tiny_store, CLIP, "shapes", max_templates=3, save_as="greedy3")
     assert len(selection.order) == 3 and len(set(selection.order)) == 3

@@ -53,6 +53,7 @@ from embedstore.evaluate.common import (
     named_explicitly,
     resolve_datasets,
     resolve_models,
+    stores_results_together,
 )
 from embedstore.store import Store
 
@@ -151,6 +152,7 @@ def fit_source(calibrate_on: str | None, split: float | None, seed: int, dataset
     return FitSource(calibrate_on, None if split is None else float(split), None if split is None else int(seed))
 
 
+@stores_results_together
 def run_calibration(
     store: Store,
     models: Sequence[str],

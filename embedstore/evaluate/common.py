@@ -17,15 +17,18 @@ Conventions:
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from embedstore.analysis.zeroshot import classifier_weights, zeroshot_cosines
 from embedstore.errors import AnalysisError
 from embedstore.store import Store, stored_model_id
+
+T = TypeVar("T")
 
 
 def _expand(patterns: Sequence[str], known: Sequence[str], what: str, store: Store) -> list[str]:
@@ -101,6 +104,19 @@ def usable_rows(store: Store, dataset: str, *, labelled: bool = True) -> np.ndar
     if labelled:
         keep &= table["label"] >= 0
     return np.flatnonzero(keep)
+
+
+def stores_results_together(run: Callable[..., T]) -> Callable[..., T]:
+    """Decorate an analysis runner whose first argument is the store: its ``put_results`` calls are
+    written together when it returns, and none when it raises (`Store.results_together`), so a run
+    that fails on its third (model, dataset) pair leaves no rows of the first two."""
+
+    @functools.wraps(run)
+    def wrapper(store: Store, *args: Any, **kwargs: Any) -> T:
+        with store.results_together():
+            return run(store, *args, **kwargs)
+
+    return wrapper
 
 
 def has_labelled_classes(store: Store, dataset: str, *, named: bool, needed_for: str) -> bool:

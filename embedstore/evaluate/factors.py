@@ -57,7 +57,7 @@ from embedstore.analysis.robustness import (
     MIN_MODELS_FOR_TREND,
 )
 from embedstore.errors import AnalysisError
-from embedstore.evaluate.common import eval_data, head_fits, resolve_models
+from embedstore.evaluate.common import eval_data, head_fits, resolve_models, stores_results_together
 from embedstore.evaluate.robustness import drop_unscorable, select_models_where
 from embedstore.store import Store
 
@@ -154,6 +154,7 @@ class DatasetFactors:
         return cls(dataset, n_samples, annotations, prototypes)
 
 
+@stores_results_together
 def run_factors(
     store: Store,
     models: Sequence[str],

@@ -65,6 +65,7 @@ from embedstore.evaluate.common import (
     read_finite,
     resolve_datasets,
     resolve_models,
+    stores_results_together,
     usable_rows,
 )
 from embedstore.store import Store
@@ -143,6 +144,7 @@ class OODRun:
         return rows
 
 
+@stores_results_together
 def run_ood(
     store: Store,
     models: Sequence[str],

@@ -29,7 +29,14 @@ import numpy as np
 
 from embedstore.analysis.probe import DEFAULT_CS, REFIT_SPLITS, ProbeResult, linear_probe
 from embedstore.errors import AnalysisError
-from embedstore.evaluate.common import labels_of, read_finite, resolve_datasets, resolve_models, usable_rows
+from embedstore.evaluate.common import (
+    labels_of,
+    read_finite,
+    resolve_datasets,
+    resolve_models,
+    stores_results_together,
+    usable_rows,
+)
 from embedstore.evaluate.robustness import drop_unscorable
 from embedstore.store import Store
 
@@ -144,6 +151,7 @@ def eval_labels(store: Store, train_dataset: str, dataset: str, rows: np.ndarray
     )
 
 
+@stores_results_together
 def run_probe(
     store: Store,
     models: Sequence[str],

@@ -22,7 +22,16 @@ from embedstore.analysis.prompts import (
     validate_templates,
 )
 from embedstore.errors import AnalysisError
-from embedstore.evaluate.common import labels_of, model_kind, resolve_datasets, resolve_models, usable_rows
+from embedstore.evaluate.common import (
+    has_labelled_classes,
+    labels_of,
+    model_kind,
+    named_explicitly,
+    resolve_datasets,
+    resolve_models,
+    stores_results_together,
+    usable_rows,
+)
 from embedstore.store import Store
 
 
@@ -43,10 +52,14 @@ class AblationRow:
     per_set: dict[str, dict[str, float]]
 
 
+@stores_results_together
 def run_ablation(store: Store, models: Sequence[str], datasets: Sequence[str]) -> list[AblationRow]:
     """Each template alone and each prompt set's ensemble, for every CLIP model and dataset."""
     out = []
     for dataset in resolve_datasets(store, datasets):
+        if not has_labelled_classes(store, dataset, named=named_explicitly(dataset, datasets),
+                                    needed_for="a template ablation"):  # fmt: skip
+            continue  # a caption or OOD set a glob swept in
         templates = store.templates(dataset)
         sets = store.prompt_sets(dataset)
         for model in resolve_models(store, models):
@@ -77,6 +90,7 @@ class SelectionRow:
     best_prefix: int  # templates in the prefix with the best selection-split acc1 (what save_as keeps)
 
 
+@stores_results_together
 def run_selection(
     store: Store, model: str, dataset: str, *, fraction: float = 0.5, seed: int = 0,
     max_templates: int | None = None, save_as: str | None = None,

@@ -39,7 +39,7 @@ from embedstore.analysis.retrieval import (
     retrieval_recall_through,
 )
 from embedstore.errors import AnalysisError
-from embedstore.evaluate.common import named_explicitly, resolve_datasets, resolve_models
+from embedstore.evaluate.common import named_explicitly, resolve_datasets, resolve_models, stores_results_together
 from embedstore.evaluate.indexes import CAPTION_ARRAY, IMAGE_ARRAY, Gallery, IndexRequest, read_gallery
 from embedstore.index.spec import positive_int
 from embedstore.store import Store
@@ -80,6 +80,7 @@ class RetrievalRow:
                 "n_captions": self.result.n_captions, **dict(self.metric_rows())}  # fmt: skip
 
 
+@stores_results_together
 def run_retrieval(
     store: Store,
     models: Sequence[str],

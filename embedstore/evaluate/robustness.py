@@ -66,6 +66,7 @@ from embedstore.evaluate.common import (
     named_explicitly,
     resolve_datasets,
     resolve_models,
+    stores_results_together,
 )
 from embedstore.store import Store
 
@@ -291,6 +292,7 @@ class RobustnessReport:
     shifts: list[ShiftRobustness] = field(default_factory=list)
 
 
+@stores_results_together
 def run_robustness(
     store: Store,
     models: Sequence[str],

@@ -47,6 +47,7 @@ from embedstore.evaluate.common import (
     prompt_indices,
     read_finite,
     resolve_models,
+    stores_results_together,
     usable_rows,
 )
 from embedstore.evaluate.robustness import drop_unscorable
@@ -163,6 +164,7 @@ def model_decisions(store: Store, model: str, dataset: str, rows: np.ndarray, pr
     return ModelDecisions(np.asarray(HUMAN_CATEGORIES, dtype=object)[category_decisions(probabilities)], route, None)
 
 
+@stores_results_together
 def run_shape_bias(
     store: Store, models: Sequence[str], dataset: str, *, prompt_set: str = "default"
 ) -> ShapeBiasReport:

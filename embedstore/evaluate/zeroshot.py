@@ -27,6 +27,7 @@ from embedstore.evaluate.common import (
     prompt_indices,
     resolve_datasets,
     resolve_models,
+    stores_results_together,
     usable_rows,
 )
 from embedstore.store import Store
@@ -68,6 +69,7 @@ def zeroshot_result(store: Store, model: str, dataset: str, templates: Sequence[
     return evaluate_logits(logits, labels, class_subset=info["class_subset"])
 
 
+@stores_results_together
 def run_zeroshot(
     store: Store,
     models: Sequence[str],

@@ -9,13 +9,14 @@ encoders returned (not normalised); analyses normalise where their formula says 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ class Store:
         self.path = path
         self.catalog = catalog
         self.arrays = arrays
+        self._pending_results: list[tuple[tuple, dict]] | None = None
 
     # -- opening ---------------------------------------------------------------------------------------
 
@@ -631,9 +633,15 @@ class Store:
         dataset: str | None = None,
     ) -> str:
         """Store one analysis run's metrics. Rows of an earlier run with the same model, dataset,
-        analysis and parameters are replaced; other parameters add rows. Returns the params hash."""
-        params_json = canonical_json(dict(params))
+        analysis and parameters are replaced; other parameters add rows. Returns the params hash.
+        Inside `results_together` the write waits for the end of the block."""
         params_hash = hash_object(dict(params))
+        if self._pending_results is not None:
+            self._pending_results.append(
+                ((analysis, list(rows)), {"params": dict(params), "model": model, "dataset": dataset})
+            )
+            return params_hash
+        params_json = canonical_json(dict(params))
         now = _now()
         values = []
         for row in rows:
@@ -652,6 +660,25 @@ class Store:
             if values:
                 _executemany(con, "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
         return params_hash
+
+    @contextlib.contextmanager
+    def results_together(self) -> Iterator[None]:
+        """``put_results`` calls inside the block are kept and written in one transaction when it ends
+        without an error; when it raises, none is written. An analysis over many (model, dataset)
+        pairs that fails on one pair leaves the results table as it was. Nested blocks join the
+        outermost."""
+        if self._pending_results is not None:
+            yield
+            return
+        self._pending_results = []
+        try:
+            yield
+            pending, self._pending_results = self._pending_results, None
+            with self.transaction():
+                for args, kwargs in pending:
+                    self.put_results(*args, **kwargs)
+        finally:
+            self._pending_results = None
 
     # -- SQL -----------------------------------------------------------------------------------------------
 
