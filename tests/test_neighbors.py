@@ -174,6 +174,23 @@ def test_a_stale_index_is_refused_and_listed_as_stale(tiny_store):
     assert [s.status for s in list_saved_indexes(tiny_store)] == ["no array"]
 
 
+def test_a_damaged_index_file_is_one_clear_error_and_listed_as_unreadable(tiny_store):
+    built = build_saved_index(tiny_store, "shapes", CLIP, "image_emb", IndexSpec(kind="hnsw"))
+    good = built.path.read_bytes()
+    for damage in (good[: len(good) // 2], b"not a faiss index"):
+        built.path.write_bytes(damage)
+        with pytest.raises(EmbedstoreError, match=r"cannot be read \(.*\); rebuild it with `embedstore index build`"):
+            find_neighbors(tiny_store, CLIP, "shapes", NeighborQuery(row=0))
+        assert [s.status for s in list_saved_indexes(tiny_store, verify=True)] == ["unreadable"]
+    sidecar = built.path.with_name(built.path.name + ".json")
+    built.path.write_bytes(good)
+    record = json.loads(sidecar.read_text())
+    record["dim"] = 16  # a payload that does not match its sidecar
+    sidecar.write_text(json.dumps(record))
+    with pytest.raises(EmbedstoreError, match="its sidecar says 64x16"):
+        find_neighbors(tiny_store, CLIP, "shapes", NeighborQuery(row=0))
+
+
 def test_one_index_per_kind_whatever_backend_wrote_it(planar, monkeypatch):
     faiss_file = build_saved_index(planar, "planar", HAND, spec=IndexSpec(kind="flat")).path
     assert faiss_file.suffix == ".faiss"

@@ -49,7 +49,7 @@ CAPTION_ARRAY = "caption_emb"
 #: exact numpy and torch backends the prepared rows as ``.npy``. Payload names are the file suffixes.
 _PAYLOAD_OF_BACKEND = {"faiss-gpu": "faiss", "faiss-cpu": "faiss", "torch-cuda": "npy", "numpy": "npy"}
 # Status of a listed index.
-CURRENT, STALE, NO_ARRAY, UNCHECKED = "current", "stale", "no array", "unchecked"
+CURRENT, STALE, NO_ARRAY, UNCHECKED, UNREADABLE = "current", "stale", "no array", "unchecked", "unreadable"
 
 
 def gallery_rows(store: Store, dataset: str, array: str) -> np.ndarray:
@@ -274,7 +274,8 @@ def delete_saved_indexes(store: Store, dataset: str, model: str, array: str) -> 
 
 def list_saved_indexes(store: Store, *, verify: bool = False) -> list[SavedIndex]:
     """Every index saved under ``STORE/indexes``, sorted by dataset, model, array, kind. With
-    ``verify``, each is checked against its array's current rows (reads every indexed array)."""
+    ``verify``, each is checked against its array's current rows (reads every indexed array) and
+    loaded once (``unreadable`` when its file is damaged or does not match its sidecar)."""
     arrays = {(a.dataset, a.model, a.name) for a in store.list_arrays()}
     owners = {(path_component(d), path_component(m)): (d, m) for d, m, _ in arrays}
     found = []
@@ -291,6 +292,10 @@ def list_saved_indexes(store: Store, *, verify: bool = False) -> list[SavedIndex
         elif verify:
             current = read_gallery(store, dataset, model, array).fingerprint
             status = CURRENT if current == sidecar.source_fingerprint else STALE
+            try:
+                load_index(path, device="cpu")
+            except StoreError:
+                status = UNREADABLE
         else:
             status = UNCHECKED
         size = path.stat().st_size if path.is_file() else 0

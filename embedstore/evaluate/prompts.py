@@ -176,6 +176,8 @@ def add_templates(
 
 
 def prompt_set_table(store: Store, dataset: str) -> dict[str, list[str]]:
+    """``{prompt set: its templates}`` of a dataset (an unknown dataset is an error naming it)."""
+    store.dataset_info(dataset)
     templates = store.templates(dataset)
     return {name: [templates[i] for i in idx] for name, idx in store.prompt_sets(dataset).items()}
 

@@ -143,10 +143,13 @@ def build_faiss_searcher(matrix: np.ndarray, spec: IndexSpec, *, on_gpu: bool, s
     return FaissSearcher(index, spec, resources)
 
 
-def read_faiss_searcher(path: Path, spec: IndexSpec, *, on_gpu: bool) -> FaissSearcher:
-    """A FAISS index written by :meth:`FaissSearcher.write`, with ``spec``'s search parameters."""
+def read_faiss_searcher(path: Path, spec: IndexSpec, *, on_gpu: bool, shape: tuple[int, int]) -> FaissSearcher:
+    """A FAISS index written by :meth:`FaissSearcher.write`, with ``spec``'s search parameters; it
+    must hold ``shape`` = (rows, dim) as its sidecar says."""
     faiss = _faiss()
     index = faiss.read_index(str(path))
+    if (index.ntotal, index.d) != tuple(shape):
+        raise ValueError(f"it holds {index.ntotal}x{index.d} vectors, its sidecar says {shape[0]}x{shape[1]}")
     _apply_search_params(faiss, index, spec)
     if not on_gpu:
         return FaissSearcher(index, spec)

@@ -241,7 +241,13 @@ def load_index(
     if sidecar.payload == "faiss" and backends.import_faiss() is None:
         raise StoreError(f"index {path} is a FAISS index file and faiss is not installed (pip install faiss-cpu)")
     choice = backends.select_backend(sidecar.spec.kind, device, backend)
-    searcher = _load_searcher(choice.name, sidecar, path)
+    try:
+        searcher = _load_searcher(choice.name, sidecar, path)
+    except (RuntimeError, ValueError, OSError, EOFError) as exc:  # FAISS raises RuntimeError on a bad file
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(
+            f"index {path} cannot be read ({first_line}); rebuild it with `embedstore index build`"
+        ) from None
     return NNIndex(
         searcher,
         sidecar.spec,
@@ -280,18 +286,24 @@ _BUILDERS: dict[str, Callable[[np.ndarray, IndexSpec, int], Searcher]] = {
 
 def _load_searcher(backend: str, sidecar: IndexSidecar, path: Path) -> Searcher:
     """The ``backend`` searcher over a saved payload (numpy/torch only ever load flat indexes)."""
-    spec = sidecar.spec
+    spec, shape = sidecar.spec, (sidecar.n, sidecar.dim)
     if backend in ("faiss-cpu", "faiss-gpu"):
         on_gpu = backend == "faiss-gpu"
         if sidecar.payload == "faiss":
-            return read_faiss_searcher(path, spec, on_gpu=on_gpu)
-        return flat_searcher_from_rows(read_npy_payload(path), spec, on_gpu=on_gpu)
-    rows = read_npy_payload(path) if sidecar.payload == "npy" else read_flat_rows(path)
+            return read_faiss_searcher(path, spec, on_gpu=on_gpu, shape=shape)
+        return flat_searcher_from_rows(_checked(read_npy_payload(path), shape), spec, on_gpu=on_gpu)
+    rows = _checked(read_npy_payload(path) if sidecar.payload == "npy" else read_flat_rows(path), shape)
     if backend == "numpy":
         return NumpyFlatSearcher(rows, spec.metric)
     from embedstore.index.torch_search import TorchFlatSearcher
 
     return TorchFlatSearcher(rows, spec.metric)
+
+
+def _checked(rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if rows.shape != tuple(shape):
+        raise ValueError(f"it holds an array of shape {rows.shape}, its sidecar says {shape[0]}x{shape[1]}")
+    return rows
 
 
 def _library_versions(payload: str) -> dict[str, str]:

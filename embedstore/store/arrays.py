@@ -74,7 +74,10 @@ class ZarrRoot:
         self.location = location
         self.readonly = readonly
         if "://" in location and not location.startswith("file://"):
-            self.kv = zarr.storage.FsspecStore.from_url(location, read_only=readonly)
+            try:
+                self.kv = zarr.storage.FsspecStore.from_url(location, read_only=readonly)
+            except (ValueError, ImportError) as exc:  # an unknown protocol, or its fsspec package missing
+                raise StoreError(f"arrays location {location}: {exc}") from None
             self.local_root: Path | None = None
         else:
             path = Path(location.removeprefix("file://"))
