@@ -134,11 +134,10 @@ def test_datasets_without_both_cues_are_errors(cue_store, tmp_path):
         run_shape_bias(cue_store, ["import:plain"], "plain")
 
 
-def test_no_conflicting_image_gives_a_null_shape_bias(cue_store):
-    (row,) = run_shape_bias(cue_store, [CLIP], "shapes").rows  # every ID image has its own class texture
-    assert np.isnan(row.result.shape_bias) and row.result.n_used == 0
-    stored = cue_store.query("SELECT value FROM results WHERE analysis = 'shape_bias' AND metric = 'shape_bias'")
-    assert stored == [{"value": None}]
+def test_a_dataset_without_any_cue_conflict_is_refused_and_stores_nothing(cue_store):
+    with pytest.raises(AnalysisError, match="every image's shape equals its texture"):
+        run_shape_bias(cue_store, [CLIP], "shapes")  # every ID image has its own class texture
+    assert cue_store.query("SELECT * FROM results WHERE analysis = 'shape_bias'") == []
 
 
 def test_cli_json(cue_store):

@@ -86,8 +86,12 @@ class CueConflictLabels:
                     f"dataset {dataset}: row {missing[0]} lacks a 'shape' or 'texture' annotation "
                     f"({len(missing)} of {len(rows)} rows do); every cue-conflict image needs both"
                 )
-            return cls(dataset, rows, _names([shapes[r] for r in rows]), _names([textures[r] for r in rows]),
-                       CUES_FROM_ANNOTATIONS)  # fmt: skip
+            labels = cls(dataset, rows, _names([shapes[r] for r in rows]), _names([textures[r] for r in rows]),
+                         CUES_FROM_ANNOTATIONS)  # fmt: skip
+            if np.all(labels.shape == labels.texture):
+                raise AnalysisError(f"dataset {dataset}: every image's shape equals its texture, so none is a cue "
+                                    "conflict (shape bias needs images whose shape and texture disagree)")  # fmt: skip
+            return labels
         locators = store.sample_table(dataset)["locator"][rows]
         try:
             pairs = [parse_cue_conflict_filename(str(locator)) for locator in locators]
