@@ -194,6 +194,12 @@ def test_changed_dataset_is_refused_with_the_reason(store, tmp_path, image_folde
         _extract(store, [f"shapes=imagefolder:{folder}"], models=[CLIP])
 
 
+def test_changed_settings_are_refused_naming_the_setting(store, image_folder):
+    _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP])  # dtype float32
+    with pytest.raises(FingerprintMismatch, match=r"settings changed \(dtype: 'float32' -> 'float16'\)"):
+        _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], dtype="float16", batch_size=8)
+
+
 def test_changed_weights_are_refused_with_the_reason(store, tmp_path, image_folder):
     model = load_model(CLIP)
     checkpoint = tmp_path / "tiny.pt"

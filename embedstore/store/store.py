@@ -435,7 +435,7 @@ class Store:
         path = self.array_path(dataset, model, name)
         info = self._array_row(dataset, model, name)
         if info is not None:
-            problem = describe_mismatch(label, info.fingerprints, fingerprints)
+            problem = describe_mismatch(label, info.fingerprints, fingerprints, info.settings, settings)
             if problem:
                 raise FingerprintMismatch(problem)
             arr = self.arrays.open_array(info.path)
