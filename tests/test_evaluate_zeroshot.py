@@ -187,3 +187,10 @@ def test_cli_zeroshot_and_prompts(tiny_store):
     assert out.exit_code == 0 and "default (" in out.output
     out = runner.invoke(cli, ["eval", "zeroshot", "--model", "nope", "--dataset", "shapes"], env=env)
     assert out.exit_code == 1 and out.output.startswith("Error: no model") and "Traceback" not in out.output
+    base = ["eval", "zeroshot", "--model", CLIP, "--dataset", "shapes"]
+    out = runner.invoke(cli, [*base, "--templates", "0", "--prompts", "simple"], env=env)
+    assert out.exit_code == 2 and "give --prompts or --templates, not both" in out.output
+    out = runner.invoke(cli, [*base, "--templates", ""], env=env)
+    assert out.exit_code == 2 and "names no template index" in out.output
+    out = runner.invoke(cli, [*base, "--templates", "0,1", "--json"], env=env)
+    assert out.exit_code == 0 and json.loads(out.output)[0]["prompts"] == "custom", out.output
