@@ -118,13 +118,13 @@ def rm_command(store_path: str, dataset: str | None, model: str | None, name: st
     if not (dataset or model or name):
         raise click.UsageError("name at least one of --dataset, --model, --array")
     store = Store.open(store_path, readonly=False)
+    from embedstore.remove import no_arrays_match, remove_arrays
+
     infos = store.list_arrays(dataset, model, name)
     if not infos:
-        click.echo("no matching arrays")
-        return
+        raise click.ClickException(no_arrays_match(store, dataset=dataset, model=model, name=name))
     if not yes:
         click.confirm(f"delete {len(infos)} array(s)?", abort=True)
-    from embedstore.remove import remove_arrays
 
     removed = remove_arrays(store, dataset, model, name)
     indexes = f" and {removed.saved_indexes} saved index(es)" if removed.saved_indexes else ""

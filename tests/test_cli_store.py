@@ -144,6 +144,9 @@ def test_ls_and_sql_formats(run, tmp_path, matrix):
 def test_rm_deletes_arrays(run, tmp_path, matrix):
     run("init")
     run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt")
+    missing = run("rm", "--model", "m*", "--yes", ok=False)
+    assert missing.exit_code == 1 and "no array matches --model m* (exact names, not globs)" in missing.output
+    assert "--model values with arrays: m1" in missing.output
     assert "deleted 1" in run("rm", "--model", "m1", "--yes").output
     assert json.loads(run("ls", "--json").output)["arrays"] == []
 
