@@ -90,3 +90,8 @@ def test_unreadable_files_are_one_line(tmp_path):
 def test_command_line_plans_check_the_same_settings():
     with pytest.raises(PlanError, match="settings.workers must be 0 or more"):
         plan_from_args(["openclip:embedstore-tiny@random"], ["d=synthetic:shapes"], workers=-1)
+
+
+def test_a_model_named_twice_is_refused_also_under_its_two_random_spellings():
+    with pytest.raises(PlanError, match="appears twice in the plan"):
+        plan_from_args(["openclip:embedstore-tiny@random", "openclip:embedstore-tiny@random:0"], ["d=synthetic:shapes"])

@@ -104,7 +104,10 @@ class Plan:
             raise PlanError("the plan names no model: add --model ID (or [[models]] in the plan file)")
         if not self.datasets:
             raise PlanError("the plan names no dataset: add --dataset NAME=KIND:PATH (or [[datasets]])")
-        for kind, names in (("model", [m.id for m in self.models]), ("dataset", [d.name for d in self.datasets])):
+        from embedstore.store import stored_model_id  # X@random and X@random:0 are one model
+
+        model_ids = [stored_model_id(m.id) for m in self.models]
+        for kind, names in (("model", model_ids), ("dataset", [d.name for d in self.datasets])):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise PlanError(f"{kind} {dupes[0]!r} appears twice in the plan")
