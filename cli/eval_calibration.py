@@ -28,11 +28,18 @@ TABLE_COLUMNS = ["model", "dataset", "fit_on", "temperature", "n", "acc1", "ece"
 @datasets_option
 @click.option("--calibrate-on", default=None, metavar="DATASET",
               help="Fit T on this dataset and apply it to every --dataset [default: a split of each dataset].")  # fmt: skip
-@click.option("--split", type=float, default=None,
+@click.option("--split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Fraction of rows T is fitted on; the rest is reported [0.5 without --calibrate-on].")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --split draw.")
 @click.option("--prompts", "prompt_set", default="default", show_default=True, help="Prompt set (CLIP models).")
-@click.option("--bins", "n_bins", type=int, default=DEFAULT_N_BINS, show_default=True, help="Equal-width ECE bins.")
+@click.option(
+    "--bins",
+    "n_bins",
+    type=click.IntRange(min=1),
+    default=DEFAULT_N_BINS,
+    show_default=True,
+    help="Equal-width ECE bins.",
+)
 @json_option
 @user_errors
 def calibration_command(store_path: str, models: tuple[str, ...], datasets: tuple[str, ...], calibrate_on: str | None,

@@ -17,7 +17,7 @@ from embedstore_cli.options import datasets_option, json_option, models_option, 
 @store_option
 @models_option
 @datasets_option
-@click.option("--k", "ks", type=int, multiple=True, default=DEFAULT_KS, show_default=True,
+@click.option("--k", "ks", type=click.IntRange(min=1), multiple=True, default=DEFAULT_KS, show_default=True,
               help="K of recall@K (repeatable).")  # fmt: skip
 @click.option("--index", "kind", type=click.Choice(INDEX_KINDS), default=None,
               help="Search through an index of this kind (a saved one when it exists) instead of exactly.")  # fmt: skip

@@ -16,11 +16,11 @@ from embedstore_cli.options import json_option, print_json, print_table, store_o
 def index_parameter_options(func: Callable) -> Callable:
     """--nlist, --nprobe (ivf), --hnsw-m, --ef-search, --ef-construction (hnsw), --seed, --device."""
     options = [
-        click.option("--nlist", type=int, default=None, help="ivf: k-means cells [round(4*sqrt(n)), <= n/39]."),
-        click.option("--nprobe", type=int, default=None, help="ivf: cells scanned per query [min(32, nlist)]."),
-        click.option("--hnsw-m", type=int, default=None, help="hnsw: links per node [32]."),
-        click.option("--ef-search", type=int, default=None, help="hnsw: search beam width [128]."),
-        click.option("--ef-construction", type=int, default=None, help="hnsw: build beam width [100]."),
+        click.option("--nlist", type=click.IntRange(min=1), default=None, help="ivf: k-means cells [round(4*sqrt(n)), <= n/39]."),
+        click.option("--nprobe", type=click.IntRange(min=1), default=None, help="ivf: cells scanned per query [min(32, nlist)]."),
+        click.option("--hnsw-m", type=click.IntRange(min=1), default=None, help="hnsw: links per node [32]."),
+        click.option("--ef-search", type=click.IntRange(min=1), default=None, help="hnsw: search beam width [128]."),
+        click.option("--ef-construction", type=click.IntRange(min=1), default=None, help="hnsw: build beam width [100]."),
         click.option("--seed", type=int, default=0, show_default=True, help="ivf: seed of k-means training."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                      help="Where to build and search (auto: FAISS GPU, torch CUDA, FAISS CPU, numpy)."),

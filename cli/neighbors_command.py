@@ -16,7 +16,7 @@ from embedstore_cli.options import json_option, print_json, print_table, store_o
 @click.option("--row", type=int, default=None, help="Query: this row of the dataset.")
 @click.option("--key", default=None, help="Query: the sample with this key.")
 @click.option("--text", default=None, help="Query: this text, encoded with the model's text tower.")
-@click.option("--k", type=int, default=DEFAULT_K, show_default=True, help="Number of neighbours.")
+@click.option("--k", type=click.IntRange(min=1), default=DEFAULT_K, show_default=True, help="Number of neighbours.")
 @click.option("--index", type=click.Choice(SEARCHES), default="auto", show_default=True,
               help="auto: the saved index of image_emb if any, else exact search.")  # fmt: skip
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)

@@ -87,7 +87,14 @@ def ablate_command(store_path, models, datasets, as_json) -> None:
 @store_option
 @click.option("--model", required=True, help="CLIP model id (or a glob matching one).")
 @click.option("--dataset", required=True, help="Dataset with classes and labels.")
-@click.option("--split", "fraction", default=0.5, show_default=True, help="Fraction of rows used for selecting.")
+@click.option(
+    "--split",
+    "fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Fraction of rows used for selecting.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the row split.")
 @click.option("--max-templates", type=int, default=None, help="Stop after this many templates.")
 @click.option("--save-as", default=None, help="Store the prefix with the best selection acc1 as this prompt set.")

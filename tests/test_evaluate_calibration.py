@@ -171,7 +171,6 @@ def test_command_prints_a_table_and_json(tiny_store) -> None:
     [
         (["--model", CLASSIFIER, "--dataset", "shapes"], "has 1000 outputs but dataset shapes has 8 classes"),
         (["--model", CLIP, "--dataset", "shapes", "--calibrate-on", "shapes"], "also the --calibrate-on dataset"),
-        (["--model", CLIP, "--dataset", "shapes", "--split", "1.5"], "fraction must lie strictly between 0 and 1"),
         (["--model", CLIP, "--dataset", "nope"], "no dataset in store"),
         (["--model", CLIP, "--dataset", "shapes", "--prompts", "nope"], "prompt set 'nope' is not defined"),
     ],
@@ -180,6 +179,12 @@ def test_bad_input_is_one_line_through_the_command(tiny_store, args: list[str], 
     result = _invoke(tiny_store, *args)
     assert result.exit_code == 1
     assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_out_of_range_options_are_usage_errors_naming_the_option(tiny_store) -> None:
+    for args, option in ((["--split", "1.5"], "--split"), (["--bins", "0"], "--bins")):
+        result = _invoke(tiny_store, "--model", CLIP, "--dataset", "shapes", *args)
+        assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output, result.output
 
 
 def test_nan_in_an_embedding_is_one_line_naming_the_row(tiny_store) -> None:
