@@ -137,6 +137,14 @@ def test_bad_input_is_one_clear_error(tiny_store):
         add_templates(tiny_store, "shapes", "bad", ["a photo without a placeholder"])
     with pytest.raises(EmbedstoreError):
         run_zeroshot(tiny_store, [CLIP], ["shapes"], templates=[])
+    for bad_name in ("", "a b", "../x"):
+        with pytest.raises(EmbedstoreError, match="prompt set name"):
+            add_templates(tiny_store, "shapes", bad_name, ["an unusual rendering of a {c}."])
+        with pytest.raises(EmbedstoreError, match="prompt set name"):
+            run_selection(tiny_store, CLIP, "shapes", max_templates=1, save_as=bad_name)
+    assert "an unusual rendering of a {c}." not in tiny_store.templates("shapes")
+    with pytest.raises(EmbedstoreError, match="SQL statement is empty"):
+        tiny_store.sql("  ")
 
 
 def test_prompts_add_encodes_text_only_and_new_sets_evaluate(tiny_store, monkeypatch):

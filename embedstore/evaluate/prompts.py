@@ -33,6 +33,7 @@ from embedstore.evaluate.common import (
     usable_rows,
 )
 from embedstore.store import Store
+from embedstore.store.store import check_prompt_set_name
 
 
 def _clip_arrays(store: Store, model: str, dataset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -98,6 +99,8 @@ def run_selection(
     """Greedy forward selection of templates on a seeded ``fraction`` of the rows, reported on the rest
     (OpenAI's procedure for its 7 ImageNet templates). ``save_as`` stores the best prefix on the
     selection rows as a prompt set."""
+    if save_as is not None:
+        check_prompt_set_name(save_as)  # before the selection runs
     matched = resolve_models(store, [model])
     if len(matched) != 1:
         raise AnalysisError(f"--model {model!r} matches {len(matched)} models ({', '.join(matched)}): select one")
@@ -107,7 +110,7 @@ def run_selection(
     result = greedy_template_selection(image, text, labels, select, report, max_templates=max_templates)
     templates = store.templates(dataset)
     best = int(np.argmax(result.select_acc)) + 1
-    if save_as:
+    if save_as is not None:
         store.add_prompt_set(dataset, save_as, [templates[i] for i in result.order[:best]])
     params = {"experiment": "greedy-selection", "fraction": fraction, "seed": seed, "max_templates": max_templates,
               "order": list(map(int, result.order)), "best_prefix": best, "saved_as": save_as}  # fmt: skip
@@ -138,6 +141,7 @@ def add_templates(
     from embedstore.models import load_model
 
     templates = validate_templates(list(templates))
+    check_prompt_set_name(name)
     info = store.dataset_info(dataset)
     before = store.templates(dataset)
     new = [t for t in dict.fromkeys(templates) if t not in before]

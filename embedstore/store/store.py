@@ -48,6 +48,13 @@ def _now() -> _dt.datetime:
 
 
 ARRAY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+PROMPT_SET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def check_prompt_set_name(name: str) -> None:
+    """Refuse a prompt set name that is empty or not plain letters, digits, '_', '.', '-'."""
+    if not isinstance(name, str) or not PROMPT_SET_NAME.fullmatch(name):
+        raise StoreError(f"prompt set name {name!r}: use letters, digits, '_', '.' and '-' (e.g. openai7)")
 
 
 def path_component(name: str) -> str:
@@ -383,6 +390,7 @@ class Store:
         appended to its template list (their text embeddings must then be encoded). Returns the
         template indices of the set."""
         self.dataset_info(dataset)
+        check_prompt_set_name(name)
         with self.catalog.write() as con:
             known = dict(
                 (t, i)
@@ -692,6 +700,8 @@ class Store:
     def sql(self, statement: str) -> pa.Table:
         """Run a user's SQL on a read-only, sandboxed connection (no file or network access, no
         writes) and return an Arrow table. Write statements are refused with one clear line."""
+        if not statement.strip():
+            raise StoreError("the SQL statement is empty (e.g. SELECT * FROM arrays)")
         match = _WRITE_STATEMENT.match(statement)
         if match:
             raise StoreError(f"refused: `sql` is read-only and {match.group(1).upper()} statements are not allowed")
