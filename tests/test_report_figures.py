@@ -492,3 +492,8 @@ def test_plot_command_errors_are_one_line(tiny_store, tmp_path):
     result = runner.invoke(plot_command, ["ood", "--store", str(tiny_store.path), "--out", str(tmp_path / "a.jpg")])
     assert result.exit_code == 1 and "must end in one of .png, .svg, .pdf" in result.output
     assert not (tmp_path / "a.png").exists()
+    result = runner.invoke(
+        plot_command,
+        ["templates", "--store", str(tiny_store.path), "--out", str(tmp_path / "t.png"), "--prompt-set", "nosuch"],
+    )
+    assert result.exit_code == 1 and "prompt set 'nosuch' is defined on no dataset" in result.output, result.output

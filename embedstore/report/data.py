@@ -160,6 +160,13 @@ class ReportData:
         selection = selection or ReportSelection()
         models = resolve_models(store, selection.models) if selection.models else None
         datasets = resolve_datasets(store, selection.datasets) if selection.datasets else None
+        if selection.prompt_set != "default":  # a defined set, or a label results carry ("custom")
+            known = {r["name"] for r in store.query("SELECT DISTINCT name FROM prompt_sets")} | {
+                r["p"] for r in store.query("SELECT DISTINCT json_extract_string(params, '$.prompt_set') AS p "
+                                            "FROM results") if r["p"]}  # fmt: skip
+            if selection.prompt_set not in known:
+                raise AnalysisError(f"prompt set {selection.prompt_set!r} is defined on no dataset of store "
+                                    f"{store.path} and no result uses it; known: {', '.join(sorted(known)) or 'none'}")  # fmt: skip
         model_rows = tuple(store.query("SELECT * FROM models ORDER BY model_id"))
         dataset_rows = {r["name"]: r for r in store.query("SELECT * FROM datasets ORDER BY name")}
         every = [_stored_result(r) for r in store.query("SELECT * FROM results ORDER BY created, analysis, metric")]
