@@ -37,12 +37,11 @@ def no_arrays_match(store: Store, **filters: str | None) -> str:
     """One line saying that no array matches the given filters, with what the store does hold for
     each of them (filters are exact names, not globs)."""
     given = {key: value for key, value in filters.items() if value is not None}
-    column = {"dataset": "dataset", "model": "model", "name": "name"}
     flag = {"dataset": "--dataset", "model": "--model", "name": "--array"}
     asked = " ".join(f"{flag[key]} {value}" for key, value in given.items())
     held = []
     for key in given:
-        values = sorted({getattr(info, column[key]) for info in store.list_arrays()})
+        values = sorted({getattr(info, key) for info in store.list_arrays()})
         listing = ", ".join(values[:8]) + (" ..." if len(values) > 8 else "")
         held.append(f"{flag[key]} values with arrays: {listing or 'none'}")
     return f"no array matches {asked} (exact names, not globs); " + "; ".join(held)
