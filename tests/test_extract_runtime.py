@@ -27,7 +27,7 @@ def cuda_present(monkeypatch):
     [
         ("auto", Ranks(), "cuda:0"),
         ("auto", Ranks(1, 2, 1), "cuda:1"),
-        ("cuda", Ranks(), "cuda"),
+        ("cuda", Ranks(), "cuda:0"),  # always an index: the decoding thread sets its device by it
         ("cuda", Ranks(3, 4, 1), "cuda:1"),  # plain "cuda" under torchrun: the rank's own GPU
         ("cuda:0", Ranks(3, 4, 1), "cuda:0"),  # an explicit index is kept
     ],

@@ -219,6 +219,8 @@ def prefetched(batches: Iterator[PreparedBatch], device: torch.device, depth: in
     handoff: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     side = torch.cuda.Stream(device) if device.type == "cuda" else None
+    # the caller's device index (a plain "cuda" is the caller's current device), set in the thread
+    device_index = (device.index if device.index is not None else torch.cuda.current_device()) if side else None
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -233,7 +235,7 @@ def prefetched(batches: Iterator[PreparedBatch], device: torch.device, depth: in
         if side is not None:
             # a new thread's current device is GPU 0: without this, leaving the stream context
             # below would touch (and create a context on) GPU 0 for a rank using another GPU
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device_index)
         try:
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 for batch in batches:

@@ -100,8 +100,10 @@ def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
         device = torch.device(settings.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise EmbedstoreError(f"--device {settings.device} was asked for but CUDA is not available here")
-        if device.type == "cuda" and device.index is None and ranks.world > 1:
-            device = torch.device("cuda", ranks.local_rank)  # plain "cuda" under torchrun: this rank's GPU
+        if device.type == "cuda" and device.index is None:
+            # an explicit index: the decoding thread sets its device (a new thread starts on GPU 0),
+            # and under torchrun plain "cuda" means this rank's GPU
+            device = torch.device("cuda", ranks.local_rank if ranks.world > 1 else 0)
     precision = settings.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
