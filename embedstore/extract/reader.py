@@ -232,11 +232,11 @@ def prefetched(batches: Iterator[PreparedBatch], device: torch.device, depth: in
         return False
 
     def produce() -> None:
-        if side is not None:
-            # a new thread's current device is GPU 0: without this, leaving the stream context
-            # below would touch (and create a context on) GPU 0 for a rank using another GPU
-            torch.cuda.set_device(device_index)
         try:
+            if side is not None:
+                # a new thread's current device is GPU 0: without this, leaving the stream context
+                # below would touch (and create a context on) GPU 0 for a rank using another GPU
+                torch.cuda.set_device(device_index)
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 for batch in batches:
                     ready = None
