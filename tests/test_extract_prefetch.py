@@ -1,9 +1,11 @@
 """The GPU path's decoding thread (`embedstore.extract.reader.prefetched`): order kept, at most
 `depth` batches ahead, errors raised in the consumer, and an early stop ends the thread. Run on the
-CPU (the CUDA stream and event hand-over is exercised on a GPU by benchmarks/extract.py)."""
+CPU; the CUDA stream and event hand-over's order is checked with torch.cuda's stream API replaced
+by a recorder (the real thing runs on a GPU in benchmarks/extract.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -62,3 +64,80 @@ def test_stopping_early_ends_the_thread():
     assert next(stream).task.start == 0
     stream.close()
     assert not _decode_threads() and len(produced) < 10
+
+
+class _RecordingCuda:
+    """Stands in for ``torch.cuda`` in `prefetched`: records the stream and event calls (validating
+    device arguments with torch's own parser, as the real calls do) so that the CUDA hand-over's
+    order can be checked on a CPU."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        recorder = self
+
+        class Stream:
+            def __init__(self, device=None) -> None:
+                torch.cuda._utils._get_device_index(device, optional=True)
+                self.name = "side"
+                recorder.calls.append(("Stream", threading.current_thread().name))
+
+            def wait_event(self, event) -> None:
+                recorder.calls.append(("wait_event", self.name, event.batch, threading.current_thread().name))
+
+        class Event:
+            def record(self, stream) -> None:
+                self.batch = recorder.produced[-1]
+                recorder.calls.append(("record", stream.name, self.batch, threading.current_thread().name))
+
+        self.Stream, self.Event = Stream, Event
+        self.current = Stream()
+        self.current.name = "current"
+        self.calls.clear()
+        self.produced: list[int] = []
+
+    def set_device(self, device) -> None:
+        self.calls.append(("set_device", torch.cuda._utils._get_device_index(device), threading.current_thread().name))
+
+    def current_device(self) -> int:
+        return 0
+
+    def current_stream(self, device=None):
+        torch.cuda._utils._get_device_index(device, optional=True)
+        return self.current
+
+    def stream(self, stream):
+        return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize(("device", "index"), [(torch.device("cuda", 1), 1), (torch.device("cuda"), 0)])
+def test_on_cuda_each_batch_is_handed_over_with_an_event_the_consumer_stream_waits_on(monkeypatch, device, index):
+    fake = _RecordingCuda()
+    monkeypatch.setattr(torch, "cuda", _CudaModule(fake))
+    produced = fake.produced
+    seen = []
+    for batch in prefetched(_batches(3, produced), device):
+        fake.calls.append(("yield", batch.task.start))
+        seen.append(batch.task.start)
+    assert seen == [0, 1, 2]
+    decode = "embedstore-decode"
+    assert fake.calls[0] == ("Stream", "MainThread")
+    assert fake.calls[1] == ("set_device", index, decode)  # by index, in the decoding thread, first
+    for i in range(3):  # recorded on the side stream after the batch was made, waited on before it is used
+        record = fake.calls.index(("record", "side", i, decode))
+        wait = fake.calls.index(("wait_event", "current", i, "MainThread"))
+        assert record < wait < fake.calls.index(("yield", i))
+
+
+class _CudaModule:
+    """``torch.cuda`` with the stream/event API replaced by a recorder and the rest left as it is."""
+
+    def __init__(self, fake: _RecordingCuda) -> None:
+        self._fake = fake
+
+    def __getattr__(self, name: str):
+        if name in ("Stream", "Event", "set_device", "current_device", "current_stream", "stream"):
+            return getattr(self._fake, name)
+        return getattr(_REAL_CUDA, name)
+
+
+_REAL_CUDA = torch.cuda
