@@ -141,3 +141,38 @@ class _CudaModule:
 
 
 _REAL_CUDA = torch.cuda
+
+
+def test_encoded_outputs_on_cuda_are_read_only_after_their_copy_event(monkeypatch):
+    """`runner._EncodedBatch`: the host copies of a GPU batch are read only once the event recorded
+    after them has completed (here torch.cuda's event API is a recorder; the tensors are CPU ones)."""
+    from embedstore.extract import runner
+
+    calls: list[str] = []
+
+    class RecordingEvent:
+        def record(self, stream) -> None:
+            calls.append(f"record on {stream}")
+
+        def synchronize(self) -> None:
+            calls.append("synchronize")
+
+    class Cuda:
+        def __getattr__(self, name):
+            return getattr(_REAL_CUDA, name)
+
+        Event = RecordingEvent
+
+        @staticmethod
+        def current_stream(device):
+            return f"stream of {device}"
+
+    monkeypatch.setattr(torch, "cuda", Cuda())
+    job = runner._ModelJob.__new__(runner._ModelJob)
+    job.encode_seconds = 0.0
+    image, logits = torch.ones(2, 4, dtype=torch.float16), torch.zeros(2, 3)
+    encoded = runner._EncodedBatch(job, image, logits, torch.device("cuda", 1))
+    assert calls == ["record on stream of cuda:1"]
+    host_image, host_logits = encoded.to_host()
+    assert calls == ["record on stream of cuda:1", "synchronize"]
+    assert host_image.dtype == np.float16 and host_logits.shape == (2, 3)
