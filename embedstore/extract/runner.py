@@ -92,7 +92,7 @@ def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
     settings = plan.settings
     if settings.device == "auto":
         if torch.cuda.is_available():
-            device = torch.device("cuda", ranks.local_rank if ranks.world > 1 else 0)
+            device = torch.device("cuda")
         else:
             device = torch.device("cpu")
             log("no CUDA device found: extracting on the CPU (weights in fp32, PIL decoding)")
@@ -100,10 +100,10 @@ def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
         device = torch.device(settings.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise EmbedstoreError(f"--device {settings.device} was asked for but CUDA is not available here")
-        if device.type == "cuda" and device.index is None:
-            # an explicit index: the decoding thread sets its device (a new thread starts on GPU 0),
-            # and under torchrun plain "cuda" means this rank's GPU
-            device = torch.device("cuda", ranks.local_rank if ranks.world > 1 else 0)
+    if device.type == "cuda" and device.index is None:
+        # an explicit index: the decoding thread sets its device (a new thread starts on GPU 0),
+        # and under torchrun plain "cuda" means this rank's GPU
+        device = torch.device("cuda", ranks.local_rank if ranks.world > 1 else 0)
     precision = settings.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -303,11 +303,10 @@ def _register(store: Store, adapters, datasets, log: Log) -> None:
         store.register_model(info)
     for dataset_plan, dataset in datasets:
         if not store.register_dataset(dataset):  # registered before: its templates stay as they were
-            known = set(store.templates(dataset.name))
-            unseen = [t for t in dataset.templates if t not in known]
+            unseen = _unknown_templates(store, dataset.name, dataset.templates)
             if unseen:
-                log(f"{dataset.name}: already registered with {len(known)} templates; extract does not add the "
-                    f"{len(unseen)} other template(s) its source names (e.g. {unseen[0]!r}): add them with "
+                log(f"{dataset.name}: already registered with {len(store.templates(dataset.name))} templates; "
+                    f"extract does not add the {len(unseen)} other template(s) its source names (e.g. {unseen[0]!r}): add them with "
                     f"`embedstore prompts add --dataset {dataset.name} --name NAME --file TEMPLATES.txt`")  # fmt: skip
         for name, templates in dataset_plan.prompt_sets.items():
             _refuse_unencoded_templates(store, dataset.name, name, templates)
@@ -317,14 +316,19 @@ def _register(store: Store, adapters, datasets, log: Log) -> None:
 def _refuse_unencoded_templates(store: Store, dataset: str, prompt_set: str, templates: Sequence[str]) -> None:
     """A plan's prompt set may add templates only while the dataset has no text embeddings: once
     ``text_emb`` exists, its template axis is fixed, and `embedstore prompts add` extends it."""
-    known = set(store.templates(dataset))
-    new = [t for t in templates if t not in known]
+    new = _unknown_templates(store, dataset, templates)
     if new and store.list_arrays(dataset, None, "text_emb"):
         raise EmbedstoreError(
             f"dataset {dataset}: the plan's prompt set {prompt_set!r} names {len(new)} template(s) its stored "
             f"text embeddings lack (e.g. {new[0]!r}); add them with `embedstore prompts add --dataset {dataset} "
             f"--name {prompt_set} --file TEMPLATES.txt` (it encodes only those), or leave them out of the plan"
         )
+
+
+def _unknown_templates(store: Store, dataset: str, templates: Sequence[str]) -> list[str]:
+    """The templates not (yet) in the dataset's template list, in order."""
+    known = set(store.templates(dataset))
+    return [t for t in templates if t not in known]
 
 
 def _settings_fingerprint(runtime: Runtime, plan: Plan, adapter, **extra: Any) -> tuple[str, dict[str, Any]]:
