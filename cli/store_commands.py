@@ -110,11 +110,15 @@ def sql_command(store_path: str, statement: str, fmt: str, output: str | None) -
 @click.option("--dataset", default=None, help="Only arrays of this dataset.")
 @click.option("--model", default=None, help="Only arrays of this model.")
 @click.option("--array", "name", default=None, help="Only arrays with this name (image_emb, text_emb, ...).")
+@click.option("--results", "with_results", is_flag=True,
+              help="Also delete the result rows stored for the removed arrays' (model, dataset) pairs.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @user_errors
-def rm_command(store_path: str, dataset: str | None, model: str | None, name: str | None, yes: bool) -> None:
+def rm_command(
+    store_path: str, dataset: str | None, model: str | None, name: str | None, with_results: bool, yes: bool
+) -> None:
     """Delete arrays (their catalog rows, chunks and saved indexes) so they can be extracted again;
-    refused while an extraction of their dataset runs."""
+    refused while an extraction of their dataset runs. Results are kept unless --results."""
     if not (dataset or model or name):
         raise click.UsageError("name at least one of --dataset, --model, --array")
     store = Store.open(store_path, readonly=False)
@@ -126,6 +130,11 @@ def rm_command(store_path: str, dataset: str | None, model: str | None, name: st
     if not yes:
         click.confirm(f"delete {len(infos)} array(s)?", abort=True)
 
-    removed = remove_arrays(store, dataset, model, name)
-    indexes = f" and {removed.saved_indexes} saved index(es)" if removed.saved_indexes else ""
-    click.echo(f"deleted {removed.arrays} array(s){indexes}")
+    removed = remove_arrays(store, dataset, model, name, results=with_results)
+    counts = [f"{removed.arrays} array(s)"]
+    counts += [f"{removed.saved_indexes} saved index(es)"] if removed.saved_indexes else []
+    counts += [f"{removed.results_deleted} result row(s)"] if removed.results_deleted else []
+    click.echo("deleted " + (", ".join(counts[:-1]) + " and " if len(counts) > 1 else "") + counts[-1])
+    if removed.results_kept:
+        click.echo(f"kept {removed.results_kept} result row(s) of the same (model, dataset) pairs, computed from "
+                   "the deleted arrays or beside them: --results deletes them too")  # fmt: skip

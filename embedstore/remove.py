@@ -3,7 +3,10 @@
 Arrays of a dataset that an extraction is writing are not removed: the dataset's extraction lock
 (`embedstore.extract.lock`) is taken first, so ``rm`` refuses at once, naming the extraction, instead
 of pulling arrays from under it. The indexes saved from a removed array (``embedstore index build``)
-go with it.
+go with it. Results stay unless asked for: the result rows stored for a removed array's (model,
+dataset) pair, which were computed from it or beside it, are counted, and deleted with ``results=True``.
+Rows keyed to other pairs (an OOD run's rows sit under its ID dataset; robustness summaries under no
+model) are never touched.
 """
 
 from __future__ import annotations
@@ -19,18 +22,25 @@ from embedstore.store import Store
 class Removed:
     arrays: int
     saved_indexes: int
+    results_deleted: int
+    results_kept: int
 
 
 def remove_arrays(
-    store: Store, dataset: str | None = None, model: str | None = None, name: str | None = None
-) -> Removed:
-    """Delete the arrays matching every given filter (catalog rows, chunks and saved indexes)."""
+    store: Store, dataset: str | None = None, model: str | None = None, name: str | None = None,
+    *, results: bool = False,
+) -> Removed:  # fmt: skip
+    """Delete the arrays matching every given filter (catalog rows, chunks and saved indexes), and
+    with ``results`` the result rows of their (model, dataset) pairs."""
     datasets = sorted({info.dataset for info in store.list_arrays(dataset, model, name)})
     with extraction_locks(store.path, datasets):
         infos = store.list_arrays(dataset, model, name)
         arrays = store.delete_arrays(dataset, model, name)
         indexes = sum(delete_saved_indexes(store, i.dataset, i.model, i.name) for i in infos)
-    return Removed(arrays, indexes)
+        pairs = sorted({(i.model, i.dataset) for i in infos})
+        counted = store.count_results(pairs)
+        deleted = store.delete_results(pairs) if results else 0
+    return Removed(arrays, indexes, results_deleted=deleted, results_kept=counted - deleted)
 
 
 def no_arrays_match(store: Store, **filters: str | None) -> str:

@@ -124,6 +124,42 @@ def test_import_errors_are_one_line(run, tmp_path, matrix):
         assert run("sql", f"SELECT count(*) AS n FROM {table}", "--format", "json").output.count('"n": 0') == 1
 
 
+
+def test_import_refuses_what_analyses_could_not_use_and_registers_nothing(run, tmp_path, matrix):
+    data, _ = matrix
+    run("init")
+    run("import", "--dataset", "ds", "--model", "m", "--array", "image_emb", tmp_path / "emb.npy",
+        "--keys", tmp_path / "keys.txt")  # fmt: skip
+    with_nan = data.astype("float32")
+    with_nan[[7, 9], 2] = np.nan
+    wide = np.ones((50, 8), dtype="float32")
+    cube = np.ones((50, 2, 3), dtype="float32")
+    counts = np.ones((50, 6), dtype="int64")
+    cases = [
+        (with_nan, "image_emb", "2 row(s) hold NaN or infinite values, the first for sample key 'img007'"),
+        (wide, "caption_emb", "rows have 8 values but model m's embeddings have 6 (image_emb on ds)"),
+        (cube, "image_emb", "holds a 3-D float32 array; image_emb must be a 2-D floating-point matrix"),
+        (counts, "logits", "holds a 2-D int64 array; logits must be a 2-D floating-point matrix"),
+        (cube, "text_emb", "text_emb is per class and template, not one row per sample"),
+    ]
+    before = run("sql", "SELECT (SELECT count(*) FROM models) AS m, (SELECT count(*) FROM datasets) AS d, "
+                 "(SELECT count(*) FROM arrays) AS a", "--format", "json").output  # fmt: skip
+    for values, name, message in cases:
+        np.save(tmp_path / "bad.npy", values)
+        for dataset, model in (("ds", "m"), ("new-ds", "new-m")):
+            if name == "caption_emb" and model == "new-m":
+                continue  # a new model has no width to disagree with
+            result = run("import", "--dataset", dataset, "--model", model, "--array", name, tmp_path / "bad.npy",
+                         "--keys", tmp_path / "keys.txt", ok=False)  # fmt: skip
+            assert result.exit_code == 1 and message.replace("model m'", f"model {model}'") in result.output
+            assert result.output.count("\n") == 1, result.output
+    after = run("sql", "SELECT (SELECT count(*) FROM models) AS m, (SELECT count(*) FROM datasets) AS d, "
+                "(SELECT count(*) FROM arrays) AS a", "--format", "json").output  # fmt: skip
+    assert after == before
+    np.save(tmp_path / "wide.npy", wide)
+    run("import", "--dataset", "ds", "--model", "m-wide", "--array", "caption_emb", tmp_path / "wide.npy",
+        "--keys", tmp_path / "keys.txt")  # fmt: skip
+
 def test_ls_and_sql_formats(run, tmp_path, matrix):
     run("init")
     run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt")
@@ -166,6 +202,29 @@ def test_rm_takes_the_saved_indexes_along_and_waits_for_no_extraction(run, tmp_p
     assert "deleted 1 array(s) and 1 saved index(es)" in run("rm", "--model", "m1", "--yes").output
     assert [p.parent.name for p in indexes.rglob("*.json")] == ["m2"]
 
+
+
+def test_rm_counts_the_results_of_the_removed_pairs_and_deletes_them_when_asked(run, tmp_path, matrix):
+    from embedstore.store import Store
+
+    run("init")
+    for model in ("m1", "m2"):
+        run("import", "--dataset", "ds", "--model", model, "--array", "image_emb", tmp_path / "emb.npy",
+            "--keys", tmp_path / "keys.txt")  # fmt: skip
+    store = Store.open(tmp_path / "store", readonly=False)
+    for model in ("m1", "m2"):
+        store.put_results("probe", [("acc1", 0.5), ("acc5", 0.9)], params={"c": 1}, model=model, dataset="ds")
+    store.put_results("robustness", [("slope", 1.0)], params={}, model=None, dataset="ds")
+
+    def results_of(model: str | None) -> int:
+        return len(store.query("SELECT 1 FROM results WHERE model IS NOT DISTINCT FROM ?", [model]))
+
+    kept = run("rm", "--model", "m1", "--yes").output
+    assert "deleted 1 array(s)\n" in kept and "kept 2 result row(s)" in kept and "--results" in kept
+    assert (results_of("m1"), results_of("m2"), results_of(None)) == (2, 2, 1)
+    deleted = run("rm", "--model", "m2", "--results", "--yes").output
+    assert deleted == "deleted 1 array(s) and 2 result row(s)\n"
+    assert (results_of("m1"), results_of("m2"), results_of(None)) == (2, 0, 1)
 
 def test_errors_without_store(run, tmp_path):
     result = run("ls", ok=False)

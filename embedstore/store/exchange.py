@@ -208,6 +208,7 @@ def import_array(
     data, keys = read_matrix(path, keys_file, h5_dataset)
     if str(data.dtype) not in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool"):
         raise StoreError(f"{path} holds dtype {data.dtype}, which a store cannot keep")
+    check_importable(store, model, name, path, data, keys)
     known = store.query("SELECT name FROM datasets WHERE name = ?", [dataset])
     if not known:
         samples = [_ImportedSample(row=i, key=k) for i, k in enumerate(keys)]
@@ -239,6 +240,41 @@ def import_array(
         arr.write_chunk(i, rows[start:stop])
     store.update_array_progress(dataset, model, name)
     return tuple(rows.shape)
+
+
+#: Per-sample arrays with a fixed meaning: ``[N, D]`` floating-point rows, as the analyses read them.
+PER_SAMPLE_FLOAT_ARRAYS = ("image_emb", "caption_emb", "logits")
+#: Arrays that are not one row per sample, so cannot be placed by sample keys.
+NOT_PER_SAMPLE_ARRAYS = ("text_emb",)
+
+
+def check_importable(store: Store, model: str, name: str, path: str | Path, data: np.ndarray,
+                     keys: Sequence[str]) -> None:  # fmt: skip
+    """Refuse, before anything is registered, a matrix the analyses could not use: ``text_emb``
+    (per class and template, not per sample); an ``image_emb``/``caption_emb``/``logits`` that is not
+    a 2-D floating-point matrix; NaN or infinite values (the extractor never writes them: bad samples
+    are zero rows listed in ``bad_samples``); embeddings whose width differs from the model's
+    embeddings already in the store, with which zero-shot scoring or cross-dataset analyses would
+    combine them."""
+    if name in NOT_PER_SAMPLE_ARRAYS:
+        raise StoreError(f"{name} is per class and template, not one row per sample, so it cannot be imported "
+                         "by sample keys: `embedstore prompts add` encodes templates for an extracted model")  # fmt: skip
+    if name in PER_SAMPLE_FLOAT_ARRAYS and (data.ndim != 2 or data.dtype.kind != "f"):
+        raise StoreError(f"{path} holds a {data.ndim}-D {data.dtype} array; {name} must be a 2-D floating-point "
+                         "matrix, one row per sample")  # fmt: skip
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data.reshape(data.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            first = int(np.flatnonzero(~finite)[0])
+            raise StoreError(f"{path}: {int((~finite).sum())} row(s) hold NaN or infinite values, the first for "
+                             f"sample key {keys[first]!r}")  # fmt: skip
+    if name in ("image_emb", "caption_emb"):
+        widths = {f"{info.name} on {info.dataset}": info.shape[-1] for info in store.list_arrays(model=model)
+                  if info.name in ("image_emb", "caption_emb", "text_emb")}  # fmt: skip
+        other = next(((where, w) for where, w in widths.items() if w != data.shape[1]), None)
+        if other is not None:
+            raise StoreError(f"{path} rows have {data.shape[1]} values but model {model}'s embeddings have "
+                             f"{other[1]} ({other[0]}): import it under another model id")  # fmt: skip
 
 
 def _file_hash(path: Path) -> str:

@@ -669,6 +669,22 @@ class Store:
                 _executemany(con, "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
         return params_hash
 
+    def count_results(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Result rows stored under any of the (model, dataset) ``pairs``."""
+        if not pairs:
+            return 0
+        where = " OR ".join(["(model = ? AND dataset = ?)"] * len(pairs))
+        return int(self.query(f"SELECT count(*) AS n FROM results WHERE {where}", [v for p in pairs for v in p])[0]["n"])
+
+    def delete_results(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Delete the result rows stored under any of the (model, dataset) ``pairs``; returns how many."""
+        count = self.count_results(pairs)
+        if count:
+            where = " OR ".join(["(model = ? AND dataset = ?)"] * len(pairs))
+            with self.catalog.write() as con:
+                con.execute(f"DELETE FROM results WHERE {where}", [v for p in pairs for v in p])
+        return count
+
     @contextlib.contextmanager
     def results_together(self) -> Iterator[None]:
         """``put_results`` calls inside the block are kept and written in one transaction when it ends
