@@ -110,8 +110,12 @@ def sql_command(store_path: str, statement: str, fmt: str, output: str | None) -
 @click.option("--dataset", default=None, help="Only arrays of this dataset.")
 @click.option("--model", default=None, help="Only arrays of this model.")
 @click.option("--array", "name", default=None, help="Only arrays with this name (image_emb, text_emb, ...).")
-@click.option("--results", "with_results", is_flag=True,
-              help="Also delete the result rows stored for the removed arrays' (model, dataset) pairs.")
+@click.option(
+    "--results",
+    "with_results",
+    is_flag=True,
+    help="Also delete the result rows stored for the removed arrays' (model, dataset) pairs.",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @user_errors
 def rm_command(

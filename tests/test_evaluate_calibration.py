@@ -182,7 +182,7 @@ def test_bad_input_is_one_line_through_the_command(tiny_store, args: list[str], 
 
 
 def test_out_of_range_options_are_usage_errors_naming_the_option(tiny_store) -> None:
-    for args, option in ((["--split", "1.5"], "--split"), (["--bins", "0"], "--bins")):
+    for args, option in ((["--split", "1.5"], "--split"), (["--bins", "0"], "--bins"), (["--bins", "1001"], "--bins")):
         result = _invoke(tiny_store, "--model", CLIP, "--dataset", "shapes", *args)
         assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output, result.output
 

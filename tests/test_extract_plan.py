@@ -95,3 +95,18 @@ def test_command_line_plans_check_the_same_settings():
 def test_a_model_named_twice_is_refused_also_under_its_two_random_spellings():
     with pytest.raises(PlanError, match="appears twice in the plan"):
         plan_from_args(["openclip:embedstore-tiny@random", "openclip:embedstore-tiny@random:0"], ["d=synthetic:shapes"])
+
+
+def test_a_bad_dataset_option_in_a_plan_names_the_plan_file_and_entry(tmp_path):
+    from click.testing import CliRunner
+
+    from embedstore_cli.main import cli
+
+    text = ('[[models]]\nid = "openclip:embedstore-tiny@random"\n'
+            '[[datasets]]\nname = "shapes"\nsource = "synthetic:shapes"\n[datasets.options]\nbogus = 1\n')  # fmt: skip
+    plan = _plan(tmp_path, text)
+    result = CliRunner().invoke(cli, ["extract", "--store", str(tmp_path / "store"), str(plan)])
+    assert result.exit_code == 1, result.output
+    error = result.output.splitlines()[-1]  # after the run's log lines
+    assert error.startswith(f"Error: {plan}: datasets[0]: dataset 'shapes': ") and "bogus" in error, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "store").exists()

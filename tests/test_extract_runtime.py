@@ -70,3 +70,13 @@ def test_a_cpu_rank_joins_gloo(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert ranks_from_env(use_cuda=False) == Ranks(0, 2, 0)
     assert calls == [{"backend": "gloo"}]
+
+
+def test_the_batched_decode_path_on_the_cpu_is_said_out_loud():
+    said: list[str] = []
+    runtime = resolve_runtime(_plan(device="cpu", decode="gpu"), Ranks(), log=said.append)
+    assert (str(runtime.device), runtime.decode) == ("cpu", "gpu")
+    assert len(said) == 1 and said[0].startswith("--decode gpu on cpu: the batched decode path")
+    said.clear()
+    resolve_runtime(_plan(device="cpu"), Ranks(), log=said.append)
+    assert said == []

@@ -91,6 +91,8 @@ class DatasetPlan:
     source: str  # "KIND:PATH"
     options: Mapping[str, Any] = field(default_factory=dict)
     prompt_sets: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: Where a plan file declared it (``plan.toml: datasets[2]``), for errors found when it opens.
+    origin: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,8 @@ def load_plan(path: str | Path) -> Plan:
             if kind != "synthetic":
                 source = f"{kind}:{(path.parent / rest).as_posix()}"  # relative to the plan file
         prompt_sets = {str(k): [str(t) for t in v] for k, v in dict(entry.get("prompt_sets", {})).items()}
-        datasets.append(DatasetPlan(str(entry["name"]), source, dict(entry.get("options", {})), prompt_sets))
+        options = dict(entry.get("options", {}))
+        datasets.append(DatasetPlan(str(entry["name"]), source, options, prompt_sets, origin=where))
     try:
         settings = Settings(**settings_raw)
     except TypeError as exc:

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 import embedstore
-from embedstore.errors import EmbedstoreError, StoreError
+from embedstore.errors import DatasetError, EmbedstoreError, StoreError
 from embedstore.extract.decode import DecodeOptions
 from embedstore.extract.distributed import Ranks, ranks_from_env
 from embedstore.extract.lock import extraction_locks
-from embedstore.extract.plan import Plan
+from embedstore.extract.plan import DatasetPlan, Plan
 from embedstore.extract.reader import PreparedBatch, batch_tasks, iterate_prepared
 from embedstore.extract.text import encode_class_templates, encode_texts
 from embedstore.extract.writer import ChunkAssembler, ChunkWriter
@@ -110,6 +110,9 @@ def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
     decode = settings.decode
     if decode == "auto":
         decode = "gpu" if device.type == "cuda" else "cpu"
+    elif decode == "gpu" and device.type != "cuda":
+        log(f"--decode gpu on {device}: the batched decode path (torchvision decode_jpeg, roi_align resize) "
+            "runs on the CPU; embeddings differ slightly from --decode cpu")  # fmt: skip
     return Runtime(device, precision, decode)
 
 
@@ -213,7 +216,6 @@ def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool
     model, missing weights, a changed dataset, another extraction of the same dataset running)
     fails here before any encoding starts, and a refused registration writes nothing."""
     from embedstore.models import load_model
-    from embedstore.sources import open_dataset
 
     settings = plan.settings
     ranks = ranks_from_env(use_cuda=settings.device != "cpu" and torch.cuda.is_available())
@@ -222,7 +224,7 @@ def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool
     started = time.perf_counter()
 
     with _dataset_locks(store, plan, ranks):
-        datasets = [(d, open_dataset(d.name, d.source, **dict(d.options))) for d in plan.datasets]
+        datasets = [(d, _open_planned(d)) for d in plan.datasets]
         adapters = []
         for model_plan in plan.models:
             adapter = load_model(model_plan.id, device=str(runtime.device), precision=runtime.precision)
@@ -244,6 +246,18 @@ def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool
     report.seconds = time.perf_counter() - started
     report.rank, report.world = ranks.rank, ranks.world
     return report
+
+
+def _open_planned(planned: DatasetPlan):
+    """Open a plan's dataset; an error in a plan file's entry (a bad option, a missing root) names it."""
+    from embedstore.sources import open_dataset
+
+    try:
+        return open_dataset(planned.name, planned.source, **dict(planned.options))
+    except DatasetError as exc:
+        if planned.origin is None:
+            raise
+        raise DatasetError(f"{planned.origin}: {exc}") from None
 
 
 def run_extraction_at(

@@ -674,7 +674,8 @@ class Store:
         if not pairs:
             return 0
         where = " OR ".join(["(model = ? AND dataset = ?)"] * len(pairs))
-        return int(self.query(f"SELECT count(*) AS n FROM results WHERE {where}", [v for p in pairs for v in p])[0]["n"])
+        params = [value for pair in pairs for value in pair]
+        return int(self.query(f"SELECT count(*) AS n FROM results WHERE {where}", params)[0]["n"])
 
     def delete_results(self, pairs: Sequence[tuple[str, str]]) -> int:
         """Delete the result rows stored under any of the (model, dataset) ``pairs``; returns how many."""
@@ -682,7 +683,7 @@ class Store:
         if count:
             where = " OR ".join(["(model = ? AND dataset = ?)"] * len(pairs))
             with self.catalog.write() as con:
-                con.execute(f"DELETE FROM results WHERE {where}", [v for p in pairs for v in p])
+                con.execute(f"DELETE FROM results WHERE {where}", [value for pair in pairs for value in pair])
         return count
 
     @contextlib.contextmanager
