@@ -28,6 +28,24 @@ def test_probe_beats_chance_on_separable_embeddings() -> None:
     assert (result.refit_on, result.n_classes, result.seed) == ("train+val", 4, 0)
 
 
+
+def test_a_class_subset_eval_set_is_decided_over_the_subset_columns_only() -> None:
+    """Eval points lean towards class 5 but lie nearer class 0 than 1 or 2: over all six classes
+    the probe says 5 (wrong), over the subset {0, 1, 2} it says 0 (right)."""
+    rng = np.random.default_rng(5)
+    train, val = _clusters(rng, 20, n_classes=6), _clusters(rng, 10, n_classes=6)
+    leaning = np.zeros((10, 16))
+    leaning[:, 0], leaning[:, 5] = 2.0, 3.0
+    leaning += rng.normal(0.0, 0.05, leaning.shape)
+    labels = np.zeros(10, dtype=np.int64)
+    sets = {"all": (leaning, labels), "subset": (leaning, labels)}
+    result = linear_probe(*train, *val, sets, seed=0, eval_class_subsets={"subset": [0, 1, 2]})
+    assert (result.accuracies["all"], result.accuracies["subset"]) == (0.0, 1.0)
+    with pytest.raises(AnalysisError, match="'nowhere' is not one of the eval sets"):
+        linear_probe(*train, *val, sets, eval_class_subsets={"nowhere": [0]})
+    with pytest.raises(AnalysisError, match="none of the subset's classes occurs in the training labels"):
+        linear_probe(*train, *val, sets, eval_class_subsets={"subset": [7, 8]})
+
 def test_ties_on_validation_go_to_the_smallest_c() -> None:
     rng = np.random.default_rng(1)
     train, val = _clusters(rng, 10, noise=0.05), _clusters(rng, 5, noise=0.05)

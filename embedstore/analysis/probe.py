@@ -8,9 +8,13 @@ Protocol:
    ``sklearn.linear_model.LogisticRegression`` (L2 penalty, ``lbfgs``, multinomial loss, which is
    sklearn's behaviour for more than two classes with lbfgs) is trained on the train split and scored
    (top-1) on the validation split. The best C wins; ties go to the smallest C (strongest penalty).
-3. The probe is refitted with the best C on train + validation (``refit_on="train+val"``, the default,
-   as CLIP_benchmark does for full-data probes) or on train alone (``refit_on="train"``, as it does
-   for few-shot probes), and evaluated on every set of ``eval_sets``.
+3. The probe is refitted with the best C on train + validation (``refit_on="train+val"``, the default:
+   the final probe sees every row that was not held out for testing) or on train alone
+   (``refit_on="train"``), and evaluated on every set of ``eval_sets``.
+4. An evaluation set with a class subset (``eval_class_subsets``, e.g. ImageNet-R's 200 of 1000
+   classes, labels given in the training classes) is scored on the probe's outputs sliced to the
+   subset's classes: the decision is the argmax over those columns only, as imagenet-testbed's
+   ``class_sublist`` slices a classifier's logits and as the other analyses score such sets.
 
 This differs from CLIP_benchmark (``metrics/linear_probe.py``), which trains a torch linear layer with
 AdamW and a cosine schedule over a weight-decay grid ``logspace(-6, 2, 97)`` searched coarse to fine
@@ -64,12 +68,14 @@ def linear_probe(
     *,
     refit_on: str = "train+val",
     max_iter: int = 1000,
+    eval_class_subsets: Mapping[str, Sequence[int]] | None = None,
 ) -> ProbeResult:
     """Train a linear probe on ``train_x`` (choosing C on ``val_x``) and report top-1 per eval set.
 
     Features are [N, D] arrays (any float dtype), labels 1-D integer class ids; ``eval_sets`` maps a
-    name (e.g. "imagenet-val", "imagenet-sketch") to its (features, labels). See the module doc for
-    the protocol. ``seed`` is passed to sklearn as ``random_state`` and recorded.
+    name (e.g. "imagenet-val", "imagenet-sketch") to its (features, labels). ``eval_class_subsets``
+    maps an eval set's name to the training class ids it is scored over (step 4 of the module doc).
+    ``seed`` is passed to sklearn as ``random_state`` and recorded.
     """
     if refit_on not in REFIT_SPLITS:
         raise AnalysisError(f"refit_on: {refit_on!r} is not one of {', '.join(REFIT_SPLITS)}")
@@ -78,6 +84,10 @@ def linear_probe(
     dim = x_train.shape[1]
     x_val, y_val = _prepare_split(val_x, val_y, "val", dim)
     evaluations = {name: _prepare_split(x, y, f"eval_sets[{name!r}]", dim) for name, (x, y) in eval_sets.items()}
+    subsets = dict(eval_class_subsets or {})
+    unknown = sorted(set(subsets) - set(evaluations))
+    if unknown:
+        raise AnalysisError(f"eval_class_subsets: {unknown[0]!r} is not one of the eval sets")
     n_classes = int(np.unique(y_train).size)
     if n_classes < 2:
         raise AnalysisError("train_y: a probe needs at least two classes in the training split")
@@ -95,7 +105,7 @@ def linear_probe(
     return ProbeResult(
         best_C=best_c,
         val_accuracy=val_accuracy_by_c[best_c],
-        accuracies={name: _top1(final, x, y) for name, (x, y) in evaluations.items()},
+        accuracies={name: _top1(final, x, y, subsets.get(name)) for name, (x, y) in evaluations.items()},
         val_accuracy_by_C=val_accuracy_by_c,
         refit_on=refit_on,
         n_classes=n_classes,
@@ -117,8 +127,16 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int, max_iter: int) -> Lo
     return LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, random_state=seed).fit(x, y)
 
 
-def _top1(probe: LogisticRegression, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(probe.predict(x) == y))
+def _top1(probe: LogisticRegression, x: np.ndarray, y: np.ndarray, subset: Sequence[int] | None = None) -> float:
+    """Top-1 accuracy; with ``subset`` the argmax runs over those classes' columns only (first
+    maximum on ties, as ``predict``). Subset classes the probe never saw in training have no column."""
+    if subset is None:
+        return float(np.mean(probe.predict(x) == y))
+    columns = np.flatnonzero(np.isin(probe.classes_, np.asarray(subset)))
+    if not columns.size:
+        raise AnalysisError("eval_class_subsets: none of the subset's classes occurs in the training labels")
+    scores = probe.predict_proba(x)[:, columns]  # softmax of the decision function: the same argmax
+    return float(np.mean(probe.classes_[columns][scores.argmax(axis=1)] == y))
 
 
 def _validate_cs(cs: Sequence[float]) -> tuple[float, ...]:

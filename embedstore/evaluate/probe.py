@@ -10,9 +10,9 @@ pool is held out to choose the regularisation C, and the probe is refitted on th
 
 Evaluation datasets must share the training dataset's label space: the same class names in the same
 order, or a class subset of it (ImageNet-R/A under an ImageNet-trained probe). For a subset, labels
-are mapped to the training classes (``class_subset[label]``) and the probe's decision is over **all**
-training classes, not restricted to the subset (stricter than imagenet-testbed's sliced logits;
-recorded as ``label_space`` in the params).
+are mapped to the training classes (``class_subset[label]``) and the probe's outputs are sliced to the
+subset's classes before the argmax, as imagenet-testbed's ``class_sublist`` slices logits and as
+zero-shot, calibration and OOD score such sets (recorded as ``label_space`` in the params).
 
 Results (analysis ``probe``, ``dataset`` = the training dataset): ``acc1`` (test rows),
 ``acc1@eval:D`` per evaluation dataset, ``val_acc1`` and ``best_c``, ``val_acc1@c:C`` for each C
@@ -42,7 +42,7 @@ from embedstore.store import Store
 
 ANALYSIS = "probe"
 SAME_CLASSES = "same classes"
-SUBSET_MAPPED = "class subset mapped to the training classes; decisions over all training classes"
+SUBSET_MAPPED = "class subset mapped to the training classes; decisions over the subset's classes"
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,10 @@ def run_probe(
         eval_rows = {name: usable_rows(store, name) for name in evaluated}
         eval_targets = {name: eval_labels(store, train_dataset, name, eval_rows[name]) for name in evaluated}
         params = settings.params({name: how for name, (_, how) in eval_targets.items()})
+        subsets = {
+            name: store.dataset_info(name)["class_subset"] for name, (_, how) in eval_targets.items()
+            if how == SUBSET_MAPPED
+        }  # fmt: skip
         datasets = [train_dataset, *evaluated]
         skipped: dict[str, str] = {}
         chosen = drop_unscorable(
@@ -198,6 +202,7 @@ def run_probe(
             result = linear_probe(
                 features[parts.train], labels[parts.train], features[parts.val], labels[parts.val], eval_sets,
                 settings.cs, settings.seed, refit_on=settings.refit_on, max_iter=settings.max_iter,
+                eval_class_subsets=subsets,
             )  # fmt: skip
             row = ProbeRow(model, train_dataset, parts, result)
             store.put_results(ANALYSIS, _metrics(row), params=params, model=model, dataset=train_dataset)
