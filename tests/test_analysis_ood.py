@@ -38,6 +38,21 @@ def _openood_fpr95(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return float(fpr[np.argmax(tpr >= 0.95)])
 
 
+
+def _openood_auprs(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[float, float]:
+    """OpenOOD's AUPR-In / AUPR-Out by brute force: (recall, precision) at every distinct threshold
+    (accept score >= t), plus the point (0, 1), joined by trapezoids in order of recall."""
+
+    def area(positives: np.ndarray, negatives: np.ndarray) -> float:
+        points = [(0.0, 1.0)]
+        for t in np.unique(np.concatenate([positives, negatives]))[::-1]:
+            tp, fp = np.sum(positives >= t), np.sum(negatives >= t)
+            points.append((tp / positives.size, tp / (tp + fp)))
+        recall, precision = np.array(points).T
+        return float(np.sum(np.diff(recall) * (precision[1:] + precision[:-1]) / 2))
+
+    return area(id_scores, ood_scores), area(-ood_scores, -id_scores)
+
 def _id_positive_fpr95_by_brute_force(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Fraction of OOD >= t for the largest candidate t that keeps at least 95% of ID scores (>= t)."""
     candidates = np.unique(np.concatenate([id_scores, ood_scores]))
@@ -183,8 +198,18 @@ def test_auroc_and_aupr_match_sklearn(decimals: int | None, positive: str) -> No
     metrics = ood_metrics(id_scores, ood_scores, positive=positive)  # type: ignore[arg-type]
     assert metrics.positive == positive
     assert metrics.auroc == pytest.approx(roc_auc_score(is_id, scores), abs=1e-12)
-    assert metrics.aupr_in == pytest.approx(average_precision_score(is_id, scores), abs=1e-12)
-    assert metrics.aupr_out == pytest.approx(average_precision_score(1 - is_id, -scores), abs=1e-12)
+    if positive == "id":  # MCM's average precision
+        assert metrics.aupr_in == pytest.approx(average_precision_score(is_id, scores), abs=1e-12)
+        assert metrics.aupr_out == pytest.approx(average_precision_score(1 - is_id, -scores), abs=1e-12)
+    else:
+        assert (metrics.aupr_in, metrics.aupr_out) == pytest.approx(_openood_auprs(id_scores, ood_scores), abs=1e-12)
+
+
+def test_the_two_aupr_sums_differ_on_tied_scores() -> None:
+    id_scores, ood_scores = _random_scores(seed=3, decimals=0)
+    by_id, by_ood = ood_metrics(id_scores, ood_scores, "id"), ood_metrics(id_scores, ood_scores, "ood")
+    assert abs(by_id.aupr_in - by_ood.aupr_in) > 0.01 and abs(by_id.aupr_out - by_ood.aupr_out) > 0.01
+    assert by_id.auroc == by_ood.auroc
 
 
 @pytest.mark.parametrize("decimals", [None, 1, 0])
@@ -238,7 +263,9 @@ def test_constant_scores_give_chance_auroc() -> None:
     assert metrics.fpr95 == 1.0
     assert metrics.aupr_in == pytest.approx(0.75)
     assert metrics.aupr_out == pytest.approx(0.25)
-    assert ood_metrics(np.ones(30), np.ones(10), "ood").fpr95 == 1.0
+    openood = ood_metrics(np.ones(30), np.ones(10), "ood")
+    assert openood.fpr95 == 1.0  # the trapezoid runs from (recall 0, precision 1) to (1, base rate)
+    assert (openood.aupr_in, openood.aupr_out) == pytest.approx(((1 + 0.75) / 2, (1 + 0.25) / 2))
 
 
 def test_perfect_separation() -> None:

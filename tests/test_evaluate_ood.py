@@ -100,7 +100,8 @@ def test_the_mean_over_ood_sets_is_the_unweighted_mean(tiny_store) -> None:
 def test_the_positive_convention_is_stored_with_each_result(tiny_store) -> None:
     (by_id,) = run_ood(tiny_store, [CLIP], "shapes", OOD_SETS, ["msp"])
     (by_ood,) = run_ood(tiny_store, [CLIP], "shapes", OOD_SETS, ["msp"], OODSettings(positive="ood"))
-    assert sorted(p["positive"] for p in _stored_params(tiny_store)) == ["id", "ood"]
+    stored = sorted((p["positive"], p["aupr"]) for p in _stored_params(tiny_store))
+    assert stored == [("id", "average precision"), ("ood", "trapezoid (OpenOOD)")]
     assert by_id.metrics["mean"].auroc == by_ood.metrics["mean"].auroc
     assert (by_id.metrics["mean"].positive, by_ood.metrics["mean"].positive) == ("id", "ood")
 

@@ -11,11 +11,17 @@ Metric direction (``positive``), recorded in every :class:`OODMetrics`:
   scores are negated. FPR@95 is the fraction of ID samples flagged as OOD (score <= t) at the
   smallest threshold t that flags at least 95% of OOD samples, computed exactly as OpenOOD does.
 
-AUROC, AUPR-In and AUPR-Out do not depend on ``positive``: AUROC of (ID positive, s) equals AUROC of
-(OOD positive, -s); AUPR-In always takes ID as positive with score s and AUPR-Out OOD as positive with
-score -s. Both AUPRs are average precision (``sklearn.metrics.average_precision_score``: the step sum
-``sum_n (R_n - R_{n-1}) P_n``), not OpenOOD's trapezoidal ``auc(recall, precision)``. All metrics are
-fractions in [0, 1] (OpenOOD prints percentages).
+AUROC does not depend on ``positive``: AUROC of (ID positive, s) equals AUROC of (OOD positive, -s).
+AUPR-In always takes ID as positive with score s and AUPR-Out OOD as positive with score -s; how the
+area is summed follows the convention:
+
+- ``positive="id"``: average precision (``sklearn.metrics.average_precision_score``, the step sum
+  ``sum_n (R_n - R_{n-1}) P_n``), as MCM reports AUPR.
+- ``positive="ood"``: OpenOOD's trapezoid ``auc(recall, precision)`` over ``precision_recall_curve``
+  (which ends at the point recall 0, precision 1), so every column equals OpenOOD's.
+
+The two sums agree closely on continuous scores and differ most with heavily tied scores. All metrics
+are fractions in [0, 1] (OpenOOD prints percentages).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 from scipy.special import logsumexp, softmax
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from embedstore.errors import AnalysisError
 
@@ -36,6 +42,8 @@ except ImportError:  # faiss-cpu / faiss-gpu are optional extras; knn_score fall
     faiss = None
 
 Positive = Literal["id", "ood"]
+#: How each convention sums the AUPRs (recorded with the results).
+AUPR_SUMS: dict[str, str] = {"id": "average precision", "ood": "trapezoid (OpenOOD)"}
 KnnBackend = Literal["auto", "faiss", "numpy"]
 
 TPR_LEVEL = 0.95
@@ -309,6 +317,8 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positiv
 
     Constant scores give AUROC 0.5 and FPR@95 1.0. MCM's own ``fpr_and_fdr_at_recall`` takes the recall
     closest to 95% rather than the first >= 95%, so it can differ slightly from ``positive="id"``.
+    AUPR-In / AUPR-Out are average precision for ``positive="id"`` and OpenOOD's trapezoid for
+    ``positive="ood"`` (module doc).
     """
     _check_positive(positive)
     id_values = _check_scores(id_scores, "id_scores")
@@ -317,15 +327,23 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positiv
     is_id = np.concatenate([np.ones(id_values.size, dtype=int), np.zeros(ood_values.size, dtype=int)])
     if positive == "id":
         fpr95 = _fpr_at_tpr(is_id, scores, thin_collinear_points=False)
+        area = average_precision_score
     else:
         fpr95 = _fpr_at_tpr(1 - is_id, -scores, thin_collinear_points=True)
+        area = _trapezoid_aupr
     return OODMetrics(
         auroc=float(roc_auc_score(is_id, scores)),
-        aupr_in=float(average_precision_score(is_id, scores)),
-        aupr_out=float(average_precision_score(1 - is_id, -scores)),
+        aupr_in=float(area(is_id, scores)),
+        aupr_out=float(area(1 - is_id, -scores)),
         fpr95=fpr95,
         positive=positive,
     )
+
+
+def _trapezoid_aupr(is_positive: np.ndarray, scores: np.ndarray) -> float:
+    """OpenOOD's AUPR: the trapezoid area under the precision-recall curve."""
+    precision, recall, _ = precision_recall_curve(is_positive, scores)
+    return float(auc(recall, precision))
 
 
 def _fpr_at_tpr(is_positive: np.ndarray, scores: np.ndarray, thin_collinear_points: bool) -> float:

@@ -21,14 +21,15 @@ The logit scores and MCM score every usable ID row. OOD labels are never used, s
 have any label space. Rows in ``bad_samples`` are left out everywhere.
 
 Metric convention (``positive``): ``"id"`` (default, MCM / ODIN) makes ID the positive class of FPR@95;
-``"ood"`` is OpenOOD's (FPR@95 = ID samples flagged at 95% OOD recall). AUROC and both AUPRs do not
-depend on it. It is stored in every result's params.
+``"ood"`` is OpenOOD's (FPR@95 = ID samples flagged at 95% OOD recall; AUPRs as OpenOOD's trapezoid,
+where ``"id"`` takes average precision as MCM). AUROC does not depend on it. It is stored in every
+result's params.
 
 Results (analysis ``"ood"``, dataset = the ID dataset, one set per (model, score)):
 ``auroc@ood:<D>``, ``aupr_in@ood:<D>``, ``aupr_out@ood:<D>``, ``fpr95@ood:<D>``, ``n_ood@ood:<D>`` per
 OOD set D; ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95`` as the unweighted mean over the sets; ``n_id``
 (ID rows scored) and, for knn / mahalanobis, ``n_bank`` (bank rows; labelled ones for mahalanobis).
-Params: score, positive, the sorted OOD set list, and the choices that score depends on (prompt set,
+Params: score, positive, aupr (how the AUPRs are summed), the sorted OOD set list, and the choices that score depends on (prompt set,
 logits source, temperature, k, bank, split, seed, kNN backend, shrinkage).
 """
 
@@ -43,6 +44,7 @@ import numpy as np
 
 from embedstore.analysis.calibration import split_calibration_rows
 from embedstore.analysis.ood import (
+    AUPR_SUMS,
     MEAN_KEY,
     OODMetrics,
     Positive,
@@ -470,7 +472,8 @@ def _score_model(arrays: ModelArrays, score: str, settings: OODSettings) -> OODR
         metrics = evaluate_ood(scored.id_scores, scored.ood_scores, positive=settings.positive)
     except EmbedstoreError as error:
         raise type(error)(f"model {arrays.model}, score {score}: {error}") from None
-    params = {"score": score, "positive": settings.positive, "ood_datasets": sorted(arrays.ood_names), **scored.params}
+    params = {"score": score, "positive": settings.positive, "aupr": AUPR_SUMS[settings.positive],
+              "ood_datasets": sorted(arrays.ood_names), **scored.params}  # fmt: skip
     return OODRun(
         model=arrays.model,
         id_dataset=arrays.id_name,
