@@ -1,4 +1,4 @@
-"""eval shape-bias: the three decision routes, cue labels from annotations or file names, hand-checked."""
+"""eval shape-bias: the four decision routes, cue labels from annotations or file names, hand-checked."""
 
 from __future__ import annotations
 
@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from imported_classifiers import import_predictions, register_rows_only_dataset
+from store_support import put_array
 
 from embedstore.analysis.shape_bias import HUMAN_CATEGORIES, HUMAN_CATEGORY_IMAGENET_INDICES
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import clip_scores, usable_rows
 from embedstore.evaluate.shape_bias import (
     CUES_FROM_FILE_NAMES,
+    ROUTE_CLIP_IMAGENET_TO_16,
     ROUTE_HEAD,
     ROUTE_IMAGENET_TO_16,
     ROUTE_ZERO_SHOT,
+    decision_route,
     run_shape_bias,
 )
 from embedstore.store import Store
@@ -116,6 +119,52 @@ def test_imagenet_classifier_is_mapped_to_16_categories_and_cues_come_from_file_
     # it predicts an ImageNet class of every image's shape category; cat2-cat5 and truck1-truck2 are dropped
     assert (row.result.shape_bias, row.result.n_used, row.result.n_dropped_same) == (1.0, 6, 2)
 
+
+
+def _designed_clip_on_imagenet(store: Store) -> None:
+    """A CLIP-kind model with text embeddings for 1000 ImageNet classes ("in1k") whose image embedding
+    of each cue16 image is exactly the text embedding of one ImageNet class: of the shape category on
+    even rows, of the texture category on odd rows."""
+    register_rows_only_dataset(store, "in1k", [f"class {i}" for i in range(1000)], [0])
+    store.register_model({"model_id": "clip:designed", "kind": "clip", "library": "test", "fingerprint": "designed",
+                          "logit_scale": 100.0})  # fmt: skip
+    text = np.random.default_rng(0).normal(size=(1000, 1, 64)).astype(np.float32)
+    targets = []
+    for i, name in enumerate(CUE16_FILES):
+        shape, texture = (part.removesuffix(".png").rstrip("0123456789") for part in name.split("-"))
+        targets.append(HUMAN_CATEGORY_IMAGENET_INDICES[shape][-1] if i % 2 == 0 else
+                       HUMAN_CATEGORY_IMAGENET_INDICES[texture][0])  # fmt: skip
+    put_array(store, "in1k", "clip:designed", "text_emb", text)
+    put_array(store, "cue16", "clip:designed", "image_emb", 3.0 * text[targets, 0])
+
+
+def test_clip_can_decide_over_1000_imagenet_classes_mapped_to_16(cue_store):
+    _designed_clip_on_imagenet(cue_store)
+    (row,) = run_shape_bias(cue_store, ["clip:designed"], "cue16", clip_imagenet="in1k").rows
+    # used rows 0, 1, 3, 4, 5, 7 (2 and 6 have shape == texture): shape on 0 and 4, texture on the rest
+    assert row.route == ROUTE_CLIP_IMAGENET_TO_16
+    assert (row.result.shape_bias, row.result.n_used, row.result.n_dropped_same) == (pytest.approx(2 / 6), 6, 2)
+    (stored,) = cue_store.query("SELECT params FROM results WHERE analysis = 'shape_bias' AND metric = 'shape_bias'")
+    params = json.loads(stored["params"])
+    assert (params["classes_from"], params["prompt_set"], params["templates"]) == ("in1k", "default", [0])
+    # without the option the same model would decide over cue16's own 16 class names
+    assert decision_route(cue_store, "clip:designed", "cue16") == ROUTE_ZERO_SHOT
+
+
+def test_the_1000_way_clip_route_checks_its_datasets_and_models(cue_store):
+    _designed_clip_on_imagenet(cue_store)
+    with pytest.raises(AnalysisError, match="--clip-imagenet shapes has 8 classes, not the 1000 ImageNet classes"):
+        run_shape_bias(cue_store, ["clip:designed"], "cue16", clip_imagenet="shapes")
+    with pytest.raises(AnalysisError, match=f"dataset {CUE_CONFLICT}'s classes are not those"):
+        run_shape_bias(cue_store, ["clip:designed"], CUE_CONFLICT, clip_imagenet="in1k")
+    with pytest.raises(AnalysisError, match=f"model {CLIP} has no text_emb on in1k: extract it on that dataset first"):
+        run_shape_bias(cue_store, [CLIP], "cue16", clip_imagenet="in1k")
+    report = run_shape_bias(cue_store, ["clip:*", "openclip:*"], "cue16", clip_imagenet="in1k")
+    assert [r.model for r in report.rows] == ["clip:designed"] and CLIP in report.skipped
+    result = CliRunner().invoke(shape_bias_command, ["--store", str(cue_store.path), "--model", "clip:designed",
+                                                     "--dataset", "cue16", "--clip-imagenet", "in1k", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["decisions"] == ROUTE_CLIP_IMAGENET_TO_16
 
 def test_a_glob_skips_models_that_cannot_be_scored_and_a_named_one_fails(cue_store):
     report = run_shape_bias(cue_store, ["*"], CUE_CONFLICT)

@@ -162,14 +162,17 @@ def prompt_indices(store: Store, dataset: str, prompt_set: str | Sequence[int] |
 
 def clip_scores(
     store: Store, model: str, dataset: str, prompt_set: str | Sequence[int] | None = "default",
-    rows: np.ndarray | None = None,
+    rows: np.ndarray | None = None, *, classes_from: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """``(logits, cosines)`` of a CLIP model on ``rows`` under a prompt set, from cached embeddings."""
+    """``(logits, cosines)`` of a CLIP model on ``rows`` of ``dataset`` under a prompt set, from cached
+    embeddings. The classes (text embeddings and prompt set) are ``dataset``'s own, or those of
+    ``classes_from`` (e.g. ImageNet's 1000 classes scored on another dataset's images)."""
     info = store.model_info(model)
     if info["kind"] != "clip":
         raise AnalysisError(f"model {model} is a {info['kind']} model: zero-shot scores need a CLIP model")
-    text = read_finite(store, dataset, model, "text_emb")
-    weights = classifier_weights(text, prompt_indices(store, dataset, prompt_set))
+    text_dataset = classes_from or dataset
+    text = read_finite(store, text_dataset, model, "text_emb")
+    weights = classifier_weights(text, prompt_indices(store, text_dataset, prompt_set))
     image = read_finite(store, dataset, model, "image_emb", rows)
     cosines = zeroshot_cosines(image, weights)
     logits = float(info["logit_scale"]) * cosines

@@ -8,8 +8,10 @@ hits)`` (`embedstore.analysis.shape_bias`). A model's decision on an image is, b
 that applies:
 
 1. CLIP models: the argmax of the zero-shot logits over the dataset's own class names under the
-   prompt set (the direct K-way variant; a 16-category dataset gives model-vs-human's 16-way CLIP
-   decision without going through 1000 ImageNet classes).
+   prompt set (the direct K-way variant: 16-way prompts on a 16-category dataset). With
+   ``clip_imagenet`` (a 1000-class ImageNet dataset whose ``text_emb`` the model has), model-vs-human's
+   CLIP route instead: zero-shot logits ``logit_scale * cos`` over the 1000 ImageNet classes under that
+   dataset's prompt set, then route 3's softmax-and-average mapping to the 16 categories.
 2. Classifiers whose head covers the dataset's classes (as many outputs as classes, or a declared
    class subset to slice to): the argmax of the head logits over those classes.
 3. 1000-way ImageNet classifiers on a dataset whose classes are model-vs-human's 16 categories:
@@ -58,6 +60,7 @@ IMAGENET_CLASSES = 1000
 ROUTE_ZERO_SHOT = "zero-shot over the dataset's classes"
 ROUTE_HEAD = "head logits over the dataset's classes"
 ROUTE_IMAGENET_TO_16 = "1000-way softmax averaged over each of the 16 categories' ImageNet classes"
+ROUTE_CLIP_IMAGENET_TO_16 = "zero-shot over 1000 ImageNet classes, softmax averaged over each of the 16 categories"
 CUES_FROM_ANNOTATIONS = "shape/texture annotations"
 CUES_FROM_FILE_NAMES = "file names <shape><n>-<texture><m>"
 
@@ -131,10 +134,12 @@ class ShapeBiasReport:
     """Models a glob matched that no decision route can score on the dataset, with the reason."""
 
 
-def decision_route(store: Store, model: str, dataset: str) -> str | None:
+def decision_route(store: Store, model: str, dataset: str, clip_imagenet: str | None = None) -> str | None:
     """Which route of the module doc scores the model on the dataset, or None when none applies."""
     if model_kind(store, model) == "clip":
-        return ROUTE_ZERO_SHOT
+        if clip_imagenet is None:
+            return ROUTE_ZERO_SHOT
+        return ROUTE_CLIP_IMAGENET_TO_16 if store.list_arrays(clip_imagenet, model, "text_emb") else None
     if head_fits(store, model, dataset):
         return ROUTE_HEAD
     arrays = store.list_arrays(dataset, model, "logits")
@@ -144,14 +149,24 @@ def decision_route(store: Store, model: str, dataset: str) -> str | None:
     return None
 
 
-def model_decisions(store: Store, model: str, dataset: str, rows: np.ndarray, prompt_set: str) -> ModelDecisions:
+def model_decisions(
+    store: Store, model: str, dataset: str, rows: np.ndarray, prompt_set: str, clip_imagenet: str | None = None
+) -> ModelDecisions:
     """Decided category names of a model on ``rows`` (see the module doc for the routes)."""
     info = store.dataset_info(dataset)
     classnames = np.asarray(info["classnames"], dtype=object)
-    route = decision_route(store, model, dataset)
+    route = decision_route(store, model, dataset, clip_imagenet)
     if route == ROUTE_ZERO_SHOT:
         logits, _ = clip_scores(store, model, dataset, prompt_set, rows)
         return ModelDecisions(classnames[category_decisions(logits)], route, prompt_indices(store, dataset, prompt_set))
+    if route is None and clip_imagenet is not None and model_kind(store, model) == "clip":
+        raise AnalysisError(f"model {model} has no text_emb on {clip_imagenet}: extract it on that dataset first")
+    if route == ROUTE_CLIP_IMAGENET_TO_16:
+        logits, _ = clip_scores(store, model, dataset, prompt_set, rows, classes_from=clip_imagenet)
+        probabilities = imagenet_probabilities_to_16(special.softmax(logits.astype(np.float64), axis=1),
+                                                     HUMAN_CATEGORIES)  # fmt: skip
+        return ModelDecisions(np.asarray(HUMAN_CATEGORIES, dtype=object)[category_decisions(probabilities)], route,
+                              prompt_indices(store, clip_imagenet, prompt_set))  # fmt: skip
     if route is None:
         width = store.list_arrays(dataset, model, "logits")
         outputs = f"{width[0].shape[-1]} outputs" if width else "no cached logits"
@@ -170,26 +185,32 @@ def model_decisions(store: Store, model: str, dataset: str, rows: np.ndarray, pr
 
 @stores_results_together
 def run_shape_bias(
-    store: Store, models: Sequence[str], dataset: str, *, prompt_set: str = "default"
+    store: Store, models: Sequence[str], dataset: str, *, prompt_set: str = "default", clip_imagenet: str | None = None
 ) -> ShapeBiasReport:
-    """Shape bias of each model (ids or globs) on a cue-conflict dataset; results go to the catalog."""
+    """Shape bias of each model (ids or globs) on a cue-conflict dataset; results go to the catalog.
+    ``clip_imagenet`` names the 1000-class ImageNet dataset whose text embeddings CLIP models decide
+    over (model-vs-human's CLIP route; ``prompt_set`` is then that dataset's)."""
     with store.session():
         cues = CueConflictLabels.read(store, dataset)
+        if clip_imagenet is not None:
+            _check_clip_imagenet(store, dataset, clip_imagenet)
         skipped: dict[str, str] = {}
         chosen = drop_unscorable(
-            resolve_models(store, models), models, lambda m: decision_route(store, m, dataset) is not None,
+            resolve_models(store, models), models,
+            lambda m: decision_route(store, m, dataset, clip_imagenet) is not None,
             f"no decision route on {dataset}", skipped,
         )  # fmt: skip
         if not chosen:
             raise AnalysisError(f"no selected model can be scored on {dataset}: {', '.join(skipped)}")
         rows = []
         for model in chosen:
-            decisions = model_decisions(store, model, dataset, cues.rows, prompt_set)
+            decisions = model_decisions(store, model, dataset, cues.rows, prompt_set, clip_imagenet)
             result = shape_bias(decisions.names, cues.shape, cues.texture)
             params = {
                 "decisions": decisions.route,
                 "prompt_set": prompt_set if decisions.templates is not None else None,
                 "templates": decisions.templates,
+                **({"classes_from": clip_imagenet} if decisions.route == ROUTE_CLIP_IMAGENET_TO_16 else {}),
                 "cues": cues.source,
                 "dropped": "shape == texture",
                 "rows": "all decodable rows",
@@ -204,6 +225,17 @@ def run_shape_bias(
             store.put_results(ANALYSIS, metrics, params=params, model=model, dataset=dataset)
             rows.append(ShapeBiasRow(model, dataset, decisions.route, cues.source, result))
     return ShapeBiasReport(rows, skipped)
+
+
+def _check_clip_imagenet(store: Store, dataset: str, clip_imagenet: str) -> None:
+    """The 1000-way CLIP route needs 1000 ImageNet classes to score and the 16 categories to map to."""
+    n_classes = len(store.dataset_info(clip_imagenet)["classnames"])
+    if n_classes != IMAGENET_CLASSES:
+        raise AnalysisError(f"--clip-imagenet {clip_imagenet} has {n_classes} classes, not the 1000 ImageNet classes "
+                            "that the 16 categories map from")  # fmt: skip
+    if sorted(store.dataset_info(dataset)["classnames"]) != list(HUMAN_CATEGORIES):
+        raise AnalysisError(f"--clip-imagenet maps to model-vs-human's 16 categories, and dataset {dataset}'s classes "
+                            "are not those")  # fmt: skip
 
 
 def _names(values: Sequence[Any]) -> np.ndarray:
