@@ -15,6 +15,7 @@ COMMANDS = {
     "rm": ("embedstore_cli.store_commands:rm_command", "Delete arrays so they can be extracted again."),
     "export": ("embedstore_cli.exchange_commands:export_command", "Write one array to .npy, .h5 or Parquet."),
     "import": ("embedstore_cli.exchange_commands:import_command", "Import an embeddings matrix as a new array."),
+    "merge": ("embedstore_cli.merge_command:merge_command", "Copy another store's complete arrays into this one."),
     "extract": ("embedstore_cli.extract_command:extract_command", "Run encoders once over datasets into the store."),
     "eval": ("embedstore_cli.eval_commands:eval_group", "Analyses from the cache; results go to the catalog."),
     "prompts": ("embedstore_cli.prompts_commands:prompts_group", "Prompt sets and prompt experiments."),

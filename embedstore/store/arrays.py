@@ -170,6 +170,33 @@ class ZarrRoot:
     def delete_array(self, path: str) -> None:
         self.delete_prefix(_inside_root(path))
 
+    def _keys_under(self, path: str) -> list[str]:
+        prefix = _inside_root(path) + "/"
+
+        async def collect() -> list[str]:
+            return [k async for k in self.kv.list_prefix(prefix)]
+
+        return sync(collect())
+
+    def tree_bytes(self, path: str) -> int:
+        """Bytes stored under an array's path (metadata, chunks and markers)."""
+        return sum(sync(self.kv.getsize(key)) for key in self._keys_under(path))
+
+    def copy_tree_from(self, other: ZarrRoot, source_path: str, path: str) -> None:
+        """Copy every key under ``source_path`` of ``other`` to ``path`` here, byte for byte (an
+        array with its chunk markers), chunks and markers before the array's ``zarr.json``, each made
+        durable: a copy cut short has no metadata and reads as no array."""
+        keys = other._keys_under(source_path)
+        source_prefix, prefix = _inside_root(source_path), _inside_root(path)
+        metadata = f"{source_prefix}/zarr.json"
+        for key in sorted(keys, key=lambda k: k == metadata):
+            target = prefix + key[len(source_prefix) :]
+            data = other.get_bytes(key)
+            if data is None:
+                raise StoreError(f"array {source_path} of {other.location} lost {key} while it was being copied")
+            self.put_bytes(target, data)
+            self.fsync(target)
+
 
 class StoreArray:
     """One row-chunked array: chunk-exact writes, marker bookkeeping, numpy reads."""

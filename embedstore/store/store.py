@@ -324,7 +324,7 @@ class Store:
         (labels of unlabelled samples are -1)."""
         self.dataset_info(dataset)
         with self.catalog.read() as con:
-            table = _arrow_table(
+            table = arrow_table(
                 con,
                 'SELECT "row", key, coalesce(label, -1) AS label, locator FROM samples '
                 'WHERE dataset = ? ORDER BY "row"',
@@ -340,7 +340,7 @@ class Store:
     def caption_table(self, dataset: str) -> dict[str, np.ndarray]:
         """``{"row", "sample_row", "text"}`` of a caption dataset, in caption-row order."""
         with self.catalog.read() as con:
-            table = _arrow_table(
+            table = arrow_table(
                 con, 'SELECT "row", sample_row, text FROM captions WHERE dataset = ? ORDER BY "row"', [dataset]
             )
         return {
@@ -724,7 +724,7 @@ class Store:
             raise StoreError(f"refused: `sql` is read-only and {match.group(1).upper()} statements are not allowed")
         with self.catalog.read(sandboxed=True) as con:
             try:
-                return _arrow_table(con, statement)
+                return arrow_table(con, statement)
             except duckdb.Error as exc:
                 message = str(exc).splitlines()[0]
                 if "read-only" in message or "read only" in message:
@@ -732,7 +732,7 @@ class Store:
                 raise StoreError(f"SQL error: {message}") from None
 
 
-def _arrow_table(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+def arrow_table(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
     """A query's rows as an Arrow table (DuckDB 2 renamed ``fetch_arrow_table`` to ``to_arrow_table``)."""
     relation = con.sql(sql, params=params) if params else con.sql(sql)
     if relation is None:

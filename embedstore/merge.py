@@ -1,0 +1,226 @@
+"""Merging one store into another (``embedstore merge``): arrays extracted on several machines, or by
+several people, end up in one store to analyse together.
+
+What is copied from the source store, for the models and datasets chosen (globs; all by default):
+
+- every **complete** array, byte for byte (its Zarr metadata, chunks and chunk markers), so the copy
+  reads back bit-identical; partial arrays stay behind (finish their extraction first);
+- the catalog rows those arrays need and the destination lacks: the ``models`` rows, and whole
+  datasets (``datasets``, ``samples``, ``captions``, ``annotations``, ``templates``, ``prompt_sets``,
+  ``bad_samples``);
+- for datasets both stores hold, the source's ``bad_samples`` rows and named prompt sets that the
+  destination lacks;
+- ``results`` rows of the copied arrays' (model, dataset) pairs whose (model, dataset, analysis,
+  params) the destination lacks. Saved indexes are not copied: ``embedstore index build`` remakes them.
+
+Refused before anything is written, naming the reason: a dataset both stores hold with different
+samples (fingerprint); ``text_emb`` of a dataset whose template lists differ (its template axis
+would not line up); a model both hold with different weights; an array both hold that is not the same
+complete array (same fingerprints) in the destination. An array the destination already holds
+complete with the same fingerprints is skipped. The destination's catalog rows are written in one
+transaction after the array copies; when anything fails, the copies are removed again and the
+destination is as it was. The destination's extraction locks of the datasets written are held
+throughout, so a merge and an extraction of one dataset never overlap.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from embedstore.errors import StoreError
+from embedstore.extract.lock import extraction_locks
+from embedstore.store import ArrayInfo, Store, stored_model_id
+from embedstore.store.store import arrow_table
+
+#: Per-dataset catalog tables copied with a dataset the destination lacks.
+DATASET_TABLES = ("datasets", "samples", "captions", "annotations", "templates", "prompt_sets", "bad_samples")
+
+
+@dataclass
+class MergePlan:
+    """What a merge copies (``arrays``) and leaves (``skipped``: each array with the reason)."""
+
+    arrays: list[ArrayInfo] = field(default_factory=list)
+    skipped: list[tuple[ArrayInfo, str]] = field(default_factory=list)
+    new_models: list[str] = field(default_factory=list)
+    new_datasets: list[str] = field(default_factory=list)
+    shared_datasets: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    plan: MergePlan
+    results: int
+    bad_samples: int
+    prompt_sets: int
+
+
+def _label(info: ArrayInfo) -> str:
+    return f"{info.dataset}/{info.model}/{info.name}"
+
+
+def _chosen(value: str, patterns: Sequence[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def _templates(store: Store, dataset: str) -> list[str]:
+    rows = store.query('SELECT template FROM templates WHERE dataset = ? ORDER BY "index"', [dataset])
+    return [r["template"] for r in rows]
+
+
+def plan_merge(
+    destination: Store, source: Store, models: Sequence[str] = (), datasets: Sequence[str] = ()
+) -> MergePlan:
+    """What merging ``source`` into ``destination`` would do; StoreError for anything refused."""
+    if destination.path.resolve() == source.path.resolve():
+        raise StoreError(f"{source.path} is the destination store itself")
+    models = [stored_model_id(m) for m in models]  # X@random is stored as X@random:0
+    candidates = [
+        info for info in source.list_arrays() if _chosen(info.model, models) and _chosen(info.dataset, datasets)
+    ]
+    if not candidates:
+        held = sorted({f"{i.model} on {i.dataset}" for i in source.list_arrays()})
+        raise StoreError(f"no array of {source.path} matches the given --model/--dataset; it holds: "
+                         f"{', '.join(held[:8]) or 'no arrays'}" + (" ..." if len(held) > 8 else ""))  # fmt: skip
+    plan = MergePlan()
+    checked_datasets: set[str] = set()
+    checked_models: set[str] = set()
+    for info in candidates:
+        done, status = source.array_progress(info)
+        if status != "complete":
+            plan.skipped.append((info, f"{status} in {source.path} ({done} of {info.rows_total} rows)"))
+            continue
+        if info.dataset not in checked_datasets:
+            _check_dataset(destination, source, info.dataset, plan)
+            checked_datasets.add(info.dataset)
+        if info.model not in checked_models:
+            _check_model(destination, source, info.model, plan)
+            checked_models.add(info.model)
+        if info.name == "text_emb" and info.dataset in plan.shared_datasets:
+            ours, theirs = _templates(destination, info.dataset), _templates(source, info.dataset)
+            if ours != theirs:
+                raise StoreError(
+                    f"dataset {info.dataset} has {len(theirs)} templates in {source.path} and {len(ours)} in "
+                    f"{destination.path}, not the same list: text_emb's template axis would not line up "
+                    f"(`embedstore prompts add` can make them equal, or leave text_emb out with --dataset/--model)"
+                )
+        present = destination.list_arrays(info.dataset, info.model, info.name)
+        if present:
+            ours = present[0]
+            if ours.fingerprints != info.fingerprints or destination.array_progress(ours)[1] != "complete":
+                raise StoreError(
+                    f"{destination.path} already holds {_label(info)}, not the same complete array "
+                    f"(different fingerprints or unfinished): `embedstore rm` it there first to take the copy"
+                )
+            plan.skipped.append((info, "already in the destination"))
+            continue
+        plan.arrays.append(info)
+        plan.bytes += source.arrays.tree_bytes(info.path)
+    return plan
+
+
+def _check_dataset(destination: Store, source: Store, dataset: str, plan: MergePlan) -> None:
+    theirs = source.dataset_info(dataset)
+    ours = destination.query("SELECT fingerprint FROM datasets WHERE name = ?", [dataset])
+    if not ours:
+        plan.new_datasets.append(dataset)
+    elif ours[0]["fingerprint"] != theirs["fingerprint"]:
+        raise StoreError(
+            f"dataset {dataset} differs between {source.path} and {destination.path} (fingerprint "
+            f"{theirs['fingerprint'][:12]} vs {ours[0]['fingerprint'][:12]}): its rows would not line up"
+        )
+    else:
+        plan.shared_datasets.append(dataset)
+
+
+def _check_model(destination: Store, source: Store, model: str, plan: MergePlan) -> None:
+    theirs = source.model_info(model)
+    ours = destination.query("SELECT fingerprint FROM models WHERE model_id = ?", [model])
+    if not ours:
+        plan.new_models.append(model)
+    elif ours[0]["fingerprint"] != theirs["fingerprint"]:
+        raise StoreError(
+            f"model {model} has other weights in {source.path} than in {destination.path} (fingerprint "
+            f"{theirs['fingerprint'][:12]} vs {ours[0]['fingerprint'][:12]}): merge it under another id"
+        )
+
+
+def merge_stores(
+    destination: Store, source: Store, models: Sequence[str] = (), datasets: Sequence[str] = ()
+) -> MergeReport:
+    """Copy ``source``'s complete arrays (and what they need) into ``destination`` (module doc)."""
+    planned = {info.dataset for info in source.list_arrays() if _chosen(info.dataset, datasets)}
+    with extraction_locks(destination.path, sorted(planned)):
+        plan = plan_merge(destination, source, models, datasets)
+        copied: list[str] = []
+        try:
+            for info in plan.arrays:
+                path = destination.array_path(info.dataset, info.model, info.name)
+                destination.arrays.delete_array(path)  # whatever an interrupted merge left there
+                copied.append(path)
+                destination.arrays.copy_tree_from(source.arrays, info.path, path)
+            counts = _copy_catalog_rows(destination, source, plan)
+        except BaseException:
+            for path in copied:
+                destination.arrays.delete_array(path)
+            raise
+    return MergeReport(plan, *counts)
+
+
+def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tuple[int, int, int]:
+    """Insert the plan's catalog rows in one transaction; returns (results, bad samples, prompt sets) added."""
+    same_templates = [d for d in plan.shared_datasets if _templates(destination, d) == _templates(source, d)]
+    held_sets = {(r["dataset"], r["name"]) for r in destination.query("SELECT DISTINCT dataset, name FROM prompt_sets")}
+    copied = {(i.dataset, i.model, i.name) for i in plan.arrays}
+    pairs = {(i.model, i.dataset) for i in plan.arrays}
+    tables: dict[str, pa.Table] = {}
+    models = sorted({m for m, _ in pairs})
+    with source.catalog.read() as con:
+
+        def rows(table: str, column: str, values: list[str], keep: Callable[[dict], bool] | None = None) -> pa.Table:
+            """``table``'s rows whose ``column`` is one of ``values`` (and that ``keep`` keeps)."""
+            found = arrow_table(con, f"SELECT * FROM {table} WHERE list_contains(?::VARCHAR[], {column})", [values])
+            if keep is None:
+                return found
+            return pa.Table.from_pylist([r for r in found.to_pylist() if keep(r)], schema=found.schema)
+
+        for table in DATASET_TABLES:
+            tables[table] = rows(table, "name" if table == "datasets" else "dataset", plan.new_datasets)
+        tables["models"] = rows("models", "model_id", plan.new_models)
+        tables["arrays"] = rows("arrays", "model", models, lambda r: (r["dataset"], r["model"], r["name"]) in copied)
+        tables["results"] = rows("results", "model", models, lambda r: (r["model"], r["dataset"]) in pairs)
+        shared_bad = rows("bad_samples", "dataset", plan.shared_datasets)
+        shared_sets = rows(
+            "prompt_sets", "dataset", same_templates, lambda r: (r["dataset"], r["name"]) not in held_sets
+        )
+    arrays = tables["arrays"]
+    paths = [destination.array_path(r["dataset"], r["model"], r["name"]) for r in arrays.to_pylist()]
+    tables["arrays"] = arrays.set_column(arrays.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
+    with destination.catalog.write() as con:
+        for table in (*DATASET_TABLES, "models", "arrays"):
+            _insert(con, table, tables[table])
+        bad = _insert(con, "bad_samples", shared_bad,
+                      'NOT EXISTS (SELECT 1 FROM bad_samples t WHERE t.dataset = i.dataset AND t."row" = i."row")')  # fmt: skip
+        _insert(con, "prompt_sets", shared_sets)
+        results = _insert(con, "results", tables["results"],
+                          "NOT EXISTS (SELECT 1 FROM results t WHERE t.model IS NOT DISTINCT FROM i.model AND "
+                          "t.dataset IS NOT DISTINCT FROM i.dataset AND t.analysis = i.analysis AND "
+                          "t.params_hash = i.params_hash)")  # fmt: skip
+    return results, bad, len({(r["dataset"], r["name"]) for r in shared_sets.to_pylist()})
+
+
+def _insert(con, table: str, rows: pa.Table, condition: str | None = None) -> int:
+    """Insert ``rows`` (a table of ``table``'s columns) where ``condition`` holds (alias ``i``)."""
+    if not rows.num_rows:
+        return 0
+    con.register("incoming", rows)
+    try:
+        where = f" WHERE {condition}" if condition else ""
+        return int(con.execute(f"INSERT INTO {table} SELECT i.* FROM incoming i{where}").fetchall()[0][0])
+    finally:
+        con.unregister("incoming")

@@ -1,0 +1,164 @@
+"""embedstore merge: stores extracted apart come together bit-identical; what differs is refused before
+anything is written; a failed merge leaves the destination as it was."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from imported_classifiers import register_rows_only_dataset
+
+from embedstore.errors import StoreError
+from embedstore.evaluate.zeroshot import run_zeroshot
+from embedstore.merge import merge_stores, plan_merge
+from embedstore.store import Store
+from embedstore_cli.main import cli
+
+CLIP = "openclip:embedstore-tiny@random:0"
+CLIP_1 = "openclip:embedstore-tiny@random:1"
+TIMM = "timm:test_vit@random:0"
+CATALOG_TABLES = ("datasets", "samples", "captions", "annotations", "templates", "prompt_sets", "bad_samples", "models")
+
+
+def _copy(template, path) -> Store:
+    shutil.copytree(template, path)
+    return Store.open(path, readonly=False)
+
+
+def _catalog(store: Store) -> dict[str, list]:
+    """Every catalog row that a merge copies, without the columns that say when or where it was written."""
+    out = {}
+    for table in CATALOG_TABLES:
+        rows = store.query(f"SELECT * FROM {table}")
+        out[table] = sorted(str({k: v for k, v in r.items() if k not in ("created", "detected")}) for r in rows)
+    arrays = store.query("SELECT * FROM arrays")
+    out["arrays"] = sorted(str({k: v for k, v in r.items() if k not in ("created", "updated", "path")}) for r in arrays)
+    results = store.query("SELECT model, dataset, analysis, metric, value, value_text, params_hash FROM results")
+    out["results"] = sorted(str(r) for r in results)
+    return out
+
+
+def _arrays(store: Store) -> dict[tuple[str, str, str], np.ndarray]:
+    return {(i.dataset, i.model, i.name): store.read_array(i.dataset, i.model, i.name) for i in store.list_arrays()}
+
+
+@pytest.fixture
+def source(tiny_store_template, tmp_path) -> Store:
+    store = _copy(tiny_store_template, tmp_path / "source")
+    run_zeroshot(store, ["*"], ["shapes", "shapes-v2"])
+    store.record_bad_samples("shapes", [(5, "shapes-0005", "test: pretend undecodable")])
+    return store
+
+
+def test_a_store_merged_into_an_empty_one_is_the_same_store(source, tmp_path):
+    destination = Store.create(tmp_path / "destination")
+    report = merge_stores(destination, source)
+    assert len(report.plan.arrays) == len(source.list_arrays()) and report.plan.skipped == []
+    assert report.results == len(source.query("SELECT * FROM results")) > 0 and report.bad_samples == 0
+    assert _catalog(destination) == _catalog(source)
+    copied, original = _arrays(destination), _arrays(source)
+    assert copied.keys() == original.keys()
+    for key, values in original.items():
+        assert copied[key].dtype == values.dtype and copied[key].tobytes() == values.tobytes(), key
+    np.testing.assert_array_equal(destination.bad_rows("shapes"), [5])
+    again = merge_stores(destination, source)
+    assert again.plan.arrays == [] and {why for _, why in again.plan.skipped} == {"already in the destination"}
+    assert (again.results, again.bad_samples, again.prompt_sets) == (0, 0, 0)
+    assert _catalog(destination) == _catalog(source)
+
+
+def test_models_extracted_into_two_stores_come_together(source, tiny_store_template, tmp_path):
+    destination = _copy(tiny_store_template, tmp_path / "destination")
+    destination.delete_arrays(model=CLIP_1)
+    source.delete_arrays(model=TIMM)
+    source.record_bad_samples("shapes-v2", [(3, "shapes-v2-0003", "test")])
+    report = merge_stores(destination, source, models=["openclip:*"])
+    assert {i.model for i in report.plan.arrays} == {CLIP_1}
+    assert {i.model for i, _ in report.plan.skipped} == {CLIP}
+    assert report.plan.new_models == [] and report.plan.new_datasets == []
+    assert report.bad_samples == 2  # shapes row 5 and shapes-v2 row 3
+    held = {(i.dataset, i.model, i.name) for i in destination.list_arrays()}
+    assert {m for _, m, _ in held} == {CLIP, CLIP_1, TIMM}
+    np.testing.assert_array_equal(
+        destination.read_array("shapes", CLIP_1, "image_emb"), source.read_array("shapes", CLIP_1, "image_emb")
+    )
+    rows = destination.query("SELECT DISTINCT model FROM results ORDER BY model")
+    assert [r["model"] for r in rows] == [CLIP_1]  # results of the copied pairs only
+
+
+def test_what_differs_is_refused_and_the_destination_is_unchanged(source, tiny_store_template, tmp_path):
+    destination = Store.create(tmp_path / "destination")
+    register_rows_only_dataset(destination, "shapes", ["a", "b"], [0, 1])
+    before = _catalog(destination)
+    with pytest.raises(StoreError, match="dataset shapes differs between .* its rows would not line up"):
+        merge_stores(destination, source)
+    assert _catalog(destination) == before
+    assert merge_stores(destination, source, datasets=["shapes-v2"]).plan.new_datasets == ["shapes-v2"]
+
+    other = Store.create(tmp_path / "other")
+    other.register_model({"model_id": CLIP, "kind": "clip", "fingerprint": "other weights"})
+    with pytest.raises(StoreError, match=f"model {CLIP} has other weights in .*: merge it under another id"):
+        merge_stores(other, source)
+
+    shared = _copy(tiny_store_template, tmp_path / "shared")
+    shared.delete_arrays(model=CLIP)
+    with shared.catalog.write() as con:
+        con.execute("INSERT INTO templates VALUES ('shapes', 99, 'a drawing of a {c}.')")
+    with pytest.raises(StoreError, match="dataset shapes has .* templates in .* not the same list"):
+        merge_stores(shared, source, models=[CLIP])
+    assert {i.dataset for i in merge_stores(shared, source, models=[CLIP], datasets=["shapes-v*"]).plan.arrays} == {
+        "shapes-v2"
+    }
+
+    with pytest.raises(StoreError, match="is the destination store itself"):
+        merge_stores(source, Store.open(source.path))
+    with pytest.raises(StoreError, match="no array of .* matches the given --model/--dataset"):
+        merge_stores(other, source, models=["nothing:*"])
+    assert [r["name"] for r in destination.query("SELECT name FROM datasets ORDER BY name")] == ["shapes", "shapes-v2"]
+
+
+def test_a_partial_array_stays_behind(source, tmp_path):
+    info = source.list_arrays("shapes", CLIP, "image_emb")[0]
+    (source.path / "arrays.zarr" / info.path / "done" / "1").unlink()
+    source.update_array_progress("shapes", CLIP, "image_emb")
+    destination = Store.create(tmp_path / "destination")
+    plan = plan_merge(destination, source)
+    ((skipped, why),) = plan.skipped
+    assert (skipped.dataset, skipped.model, skipped.name) == ("shapes", CLIP, "image_emb")
+    assert why.startswith("partial in") and "(32 of 64 rows)" in why
+
+
+def test_a_failed_merge_removes_its_copies(source, tmp_path, monkeypatch):
+    import embedstore.merge as merge
+
+    destination = Store.create(tmp_path / "destination")
+
+    def fail(*_args):
+        raise StoreError("catalog write failed")
+
+    monkeypatch.setattr(merge, "_copy_catalog_rows", fail)
+    with pytest.raises(StoreError, match="catalog write failed"):
+        merge_stores(destination, source)
+    files = [p.relative_to(destination.path) for p in (destination.path / "arrays.zarr").rglob("*") if p.is_file()]
+    assert destination.list_arrays() == [] and [str(f) for f in files] == ["arrays.zarr/zarr.json"]
+    assert sorted(p.name for p in destination.path.iterdir()) == ["arrays.zarr", "catalog.duckdb"]
+
+
+def test_the_command_dry_run_writes_nothing_then_merges(source, tmp_path):
+    runner = CliRunner()
+    destination = tmp_path / "destination"
+    Store.create(destination)
+    result = runner.invoke(cli, ["merge", "--store", str(destination), str(source.path), "--dataset", "shapes",
+                                 "--model", TIMM, "--dry-run"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "would copy" in result.output and "would copy 2 array(s)" in result.output
+    assert Store.open(destination).list_arrays() == []
+    result = runner.invoke(cli, ["merge", "--store", str(destination), str(source.path), "--dataset", "shapes",
+                                 "--model", "timm:test_vit@random"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "copied 2 array(s)" in result.output and "new models: 1, new datasets: 1" in result.output
+    assert {i.name for i in Store.open(destination).list_arrays()} == {"image_emb", "logits"}
+    refused = runner.invoke(cli, ["merge", "--store", str(destination), str(tmp_path / "nowhere")])
+    assert refused.exit_code == 2 and "does not exist" in refused.output
