@@ -29,8 +29,9 @@ Results (analysis ``"ood"``, dataset = the ID dataset, one set per (model, score
 ``auroc@ood:<D>``, ``aupr_in@ood:<D>``, ``aupr_out@ood:<D>``, ``fpr95@ood:<D>``, ``n_ood@ood:<D>`` per
 OOD set D; ``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95`` as the unweighted mean over the sets; ``n_id``
 (ID rows scored) and, for knn / mahalanobis, ``n_bank`` (bank rows; labelled ones for mahalanobis).
-Params: score, positive, aupr (how the AUPRs are summed), the sorted OOD set list, and the choices that score depends on (prompt set,
-logits source, temperature, k, bank, split, seed, kNN backend, shrinkage).
+Params: score, positive, aupr (how the AUPRs are summed), the sorted OOD set list, and the choices
+that score depends on (prompt set, logits source, temperature, k, bank, split, seed, kNN backend,
+shrinkage).
 """
 
 from __future__ import annotations
