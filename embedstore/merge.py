@@ -3,8 +3,9 @@ several people, end up in one store to analyse together.
 
 What is copied from the source store, for the models and datasets chosen (globs; all by default):
 
-- every **complete** array, byte for byte (its Zarr metadata, chunks and chunk markers), so the copy
-  reads back bit-identical; partial arrays stay behind (finish their extraction first);
+- every **complete** array (its extraction finished: the catalog says so and every chunk is marked),
+  byte for byte (its Zarr metadata, chunks and chunk markers), so the copy reads back bit-identical;
+  unfinished arrays stay behind (finish their extraction first);
 - the catalog rows those arrays need and the destination lacks: the ``models`` rows, and whole
   datasets (``datasets``, ``samples``, ``captions``, ``annotations``, ``templates``, ``prompt_sets``,
   ``bad_samples``);
@@ -14,21 +15,32 @@ What is copied from the source store, for the models and datasets chosen (globs;
   params) the destination lacks. Saved indexes are not copied: ``embedstore index build`` remakes them.
 
 Refused before anything is written, naming the reason: a dataset both stores hold with different
-samples (fingerprint); ``text_emb`` of a dataset whose template lists differ (its template axis
-would not line up); a model both hold with different weights; an array both hold that is not the same
-complete array (same fingerprints) in the destination. An array the destination already holds
-complete with the same fingerprints is skipped. The destination's catalog rows are written in one
-transaction after the array copies; when anything fails, the copies are removed again and the
-destination is as it was. The destination's extraction locks of the datasets written are held
-throughout, so a merge and an extraction of one dataset never overlap.
+fingerprints; ``text_emb`` of a dataset whose template lists differ (its template axis would not
+line up); a model both hold with different weights; an array both hold that is not the same complete
+array (same fingerprints) in the destination. An array the destination already holds complete with
+the same fingerprints is skipped.
+
+A dataset's fingerprint covers its files' sizes and modification times, so the same images copied to
+another machine without their times differ. ``trust_rows`` (``--trust-rows``) accepts such a dataset
+when its classes and rows (keys, labels, locators, captions) agree in both catalogs: the user vouches
+that the image bytes are the same. Its copied arrays take the destination's dataset fingerprint.
+
+The destination's catalog rows are written in one transaction after the array copies; when anything
+fails, the copies are removed again and the destination's catalog is as it was (a merge killed
+outright can leave unregistered array files, which a later merge of the same arrays replaces). The
+destination's extraction locks of the datasets written are held throughout, so a merge and an
+extraction of one dataset never overlap.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import duckdb
 import pyarrow as pa
 
 from embedstore.errors import StoreError
@@ -49,6 +61,8 @@ class MergePlan:
     new_models: list[str] = field(default_factory=list)
     new_datasets: list[str] = field(default_factory=list)
     shared_datasets: list[str] = field(default_factory=list)
+    relabelled: dict[str, str] = field(default_factory=dict)
+    """Shared datasets accepted by ``trust_rows``: name -> the destination's dataset fingerprint."""
     bytes: int = 0
 
 
@@ -74,8 +88,9 @@ def _templates(store: Store, dataset: str) -> list[str]:
 
 
 def plan_merge(
-    destination: Store, source: Store, models: Sequence[str] = (), datasets: Sequence[str] = ()
-) -> MergePlan:
+    destination: Store, source: Store, models: Sequence[str] = (), datasets: Sequence[str] = (),
+    *, trust_rows: bool = False,
+) -> MergePlan:  # fmt: skip
     """What merging ``source`` into ``destination`` would do; StoreError for anything refused."""
     if destination.path.resolve() == source.path.resolve():
         raise StoreError(f"{source.path} is the destination store itself")
@@ -91,12 +106,12 @@ def plan_merge(
     checked_datasets: set[str] = set()
     checked_models: set[str] = set()
     for info in candidates:
-        done, status = source.array_progress(info)
-        if status != "complete":
-            plan.skipped.append((info, f"{status} in {source.path} ({done} of {info.rows_total} rows)"))
+        unfinished = _unfinished(source, info)
+        if unfinished:
+            plan.skipped.append((info, unfinished))
             continue
         if info.dataset not in checked_datasets:
-            _check_dataset(destination, source, info.dataset, plan)
+            _check_dataset(destination, source, info.dataset, plan, trust_rows)
             checked_datasets.add(info.dataset)
         if info.model not in checked_models:
             _check_model(destination, source, info.model, plan)
@@ -124,18 +139,57 @@ def plan_merge(
     return plan
 
 
-def _check_dataset(destination: Store, source: Store, dataset: str, plan: MergePlan) -> None:
-    theirs = source.dataset_info(dataset)
+def _unfinished(source: Store, info: ArrayInfo) -> str | None:
+    """Why an array of the source is not ready to copy, or None. Its catalog status turns complete
+    only when its extraction has finished (bad samples recorded); its files must hold every chunk."""
+    where = f"in {source.path}"
+    if info.status != "complete":
+        done, _ = source.array_progress(info)
+        return f"unfinished {where} ({done} of {info.rows_total} rows; its extraction has not ended)"
+    if not source.arrays.exists(info.path):
+        return f"its files are missing {where} (arrays at {source.arrays.location})"
+    done = source.arrays.open_array(info.path).rows_done()
+    if done != info.rows_total:
+        return f"only {done} of its {info.rows_total} rows are marked written {where}"
+    return None
+
+
+def _check_dataset(destination: Store, source: Store, dataset: str, plan: MergePlan, trust_rows: bool) -> None:
+    theirs = source.dataset_info(dataset)["fingerprint"]
     ours = destination.query("SELECT fingerprint FROM datasets WHERE name = ?", [dataset])
     if not ours:
         plan.new_datasets.append(dataset)
-    elif ours[0]["fingerprint"] != theirs["fingerprint"]:
-        raise StoreError(
-            f"dataset {dataset} differs between {source.path} and {destination.path} (fingerprint "
-            f"{theirs['fingerprint'][:12]} vs {ours[0]['fingerprint'][:12]}): its rows would not line up"
-        )
-    else:
-        plan.shared_datasets.append(dataset)
+        return
+    ours = ours[0]["fingerprint"]
+    if ours != theirs:
+        rows_agree = _rows_identity(destination, dataset) == _rows_identity(source, dataset)
+        if not (trust_rows and rows_agree):
+            differs = (
+                f"dataset {dataset} differs between {source.path} and {destination.path} (fingerprint {theirs[:12]} "
+                f"vs {ours[:12]})"
+            )
+            if not rows_agree:
+                raise StoreError(f"{differs}: its classes or rows (keys, labels, files, captions) differ, so its "
+                                 "arrays would not line up")  # fmt: skip
+            raise StoreError(f"{differs}, though its classes and rows agree: the image files' sizes or modification "
+                             "times differ (copies made without their times, e.g. not with rsync -a or cp -p, do); "
+                             "if the images are the same, --trust-rows accepts it")  # fmt: skip
+        plan.relabelled[dataset] = ours
+    plan.shared_datasets.append(dataset)
+
+
+def _rows_identity(store: Store, dataset: str) -> str:
+    """A hash of what lines a dataset's arrays up, from the catalog: its classes, class subset and
+    task, and per row its key, label, locator and captions (not the files' stamps)."""
+    digest = hashlib.sha256()
+    info = store.dataset_info(dataset)
+    digest.update(json.dumps([info["classnames"], info["class_subset"], info["task"]], default=str).encode())
+    with store.catalog.read() as con:
+        for sql in ('SELECT "row", key, label, locator FROM samples WHERE dataset = ? ORDER BY "row"',
+                    'SELECT "row", sample_row, text FROM captions WHERE dataset = ? ORDER BY "row"'):  # fmt: skip
+            for row in con.execute(sql, [dataset]).fetchall():
+                digest.update(json.dumps(row).encode())
+    return digest.hexdigest()
 
 
 def _check_model(destination: Store, source: Store, model: str, plan: MergePlan) -> None:
@@ -151,12 +205,13 @@ def _check_model(destination: Store, source: Store, model: str, plan: MergePlan)
 
 
 def merge_stores(
-    destination: Store, source: Store, models: Sequence[str] = (), datasets: Sequence[str] = ()
-) -> MergeReport:
+    destination: Store, source: Store, models: Sequence[str] = (), datasets: Sequence[str] = (),
+    *, trust_rows: bool = False,
+) -> MergeReport:  # fmt: skip
     """Copy ``source``'s complete arrays (and what they need) into ``destination`` (module doc)."""
     planned = {info.dataset for info in source.list_arrays() if _chosen(info.dataset, datasets)}
     with extraction_locks(destination.path, sorted(planned)):
-        plan = plan_merge(destination, source, models, datasets)
+        plan = plan_merge(destination, source, models, datasets, trust_rows=trust_rows)
         copied: list[str] = []
         try:
             for info in plan.arrays:
@@ -199,19 +254,23 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
             "prompt_sets", "dataset", same_templates, lambda r: (r["dataset"], r["name"]) not in held_sets
         )
     arrays = tables["arrays"]
-    paths = [destination.array_path(r["dataset"], r["model"], r["name"]) for r in arrays.to_pylist()]
-    tables["arrays"] = arrays.set_column(arrays.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
+    listed = arrays.to_pylist()
+    paths = [destination.array_path(r["dataset"], r["model"], r["name"]) for r in listed]
+    fingerprints = [plan.relabelled.get(r["dataset"], r["dataset_fingerprint"]) for r in listed]
+    for column, values in (("path", paths), ("dataset_fingerprint", fingerprints)):
+        arrays = arrays.set_column(arrays.schema.get_field_index(column), column, pa.array(values, pa.string()))
+    tables["arrays"] = arrays
     with destination.catalog.write() as con:
-        for table in (*DATASET_TABLES, "models", "arrays"):
-            _insert(con, table, tables[table])
-        bad = _insert(con, "bad_samples", shared_bad,
-                      'NOT EXISTS (SELECT 1 FROM bad_samples t WHERE t.dataset = i.dataset AND t."row" = i."row")')  # fmt: skip
+        added = {table: _insert(con, table, tables[table]) for table in (*DATASET_TABLES, "models", "arrays")}
+        new_rows_only = 'NOT EXISTS (SELECT 1 FROM bad_samples t WHERE t.dataset = i.dataset AND t."row" = i."row")'
+        bad = added["bad_samples"] + _insert(con, "bad_samples", shared_bad, new_rows_only)
         _insert(con, "prompt_sets", shared_sets)
         results = _insert(con, "results", tables["results"],
                           "NOT EXISTS (SELECT 1 FROM results t WHERE t.model IS NOT DISTINCT FROM i.model AND "
                           "t.dataset IS NOT DISTINCT FROM i.dataset AND t.analysis = i.analysis AND "
                           "t.params_hash = i.params_hash)")  # fmt: skip
-    return results, bad, len({(r["dataset"], r["name"]) for r in shared_sets.to_pylist()})
+    copied_sets = [*tables["prompt_sets"].to_pylist(), *shared_sets.to_pylist()]
+    return results, bad, len({(r["dataset"], r["name"]) for r in copied_sets})
 
 
 def _insert(con, table: str, rows: pa.Table, condition: str | None = None) -> int:
@@ -219,8 +278,10 @@ def _insert(con, table: str, rows: pa.Table, condition: str | None = None) -> in
     if not rows.num_rows:
         return 0
     con.register("incoming", rows)
+    where = f" WHERE {condition}" if condition else ""
     try:
-        where = f" WHERE {condition}" if condition else ""
-        return int(con.execute(f"INSERT INTO {table} SELECT i.* FROM incoming i{where}").fetchall()[0][0])
-    finally:
-        con.unregister("incoming")
+        added = int(con.execute(f"INSERT INTO {table} SELECT i.* FROM incoming i{where}").fetchall()[0][0])
+    except duckdb.Error as exc:  # e.g. another process registered the same model meanwhile
+        raise StoreError(f"cannot add the merged {table} rows: {str(exc).splitlines()[0]}") from None
+    con.unregister("incoming")
+    return added

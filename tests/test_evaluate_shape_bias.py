@@ -127,7 +127,7 @@ def _designed_clip_on_imagenet(store: Store) -> None:
     even rows, of the texture category on odd rows."""
     register_rows_only_dataset(store, "in1k", [f"class {i}" for i in range(1000)], [0])
     store.register_model({"model_id": "clip:designed", "kind": "clip", "library": "test", "fingerprint": "designed",
-                          "logit_scale": 100.0})  # fmt: skip
+                          "logit_scale": 0.5})  # fmt: skip  (the route uses model-vs-human's 100 instead)
     text = np.random.default_rng(0).normal(size=(1000, 1, 64)).astype(np.float32)
     targets = []
     for i, name in enumerate(CUE16_FILES):
@@ -147,6 +147,7 @@ def test_clip_can_decide_over_1000_imagenet_classes_mapped_to_16(cue_store):
     (stored,) = cue_store.query("SELECT params FROM results WHERE analysis = 'shape_bias' AND metric = 'shape_bias'")
     params = json.loads(stored["params"])
     assert (params["classes_from"], params["prompt_set"], params["templates"]) == ("in1k", "default", [0])
+    assert params["logit_scale"] == 100.0
     # without the option the same model would decide over cue16's own 16 class names
     assert decision_route(cue_store, "clip:designed", "cue16") == ROUTE_ZERO_SHOT
 

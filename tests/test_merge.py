@@ -56,8 +56,14 @@ def test_a_store_merged_into_an_empty_one_is_the_same_store(source, tmp_path):
     destination = Store.create(tmp_path / "destination")
     report = merge_stores(destination, source)
     assert len(report.plan.arrays) == len(source.list_arrays()) and report.plan.skipped == []
-    assert report.results == len(source.query("SELECT * FROM results")) > 0 and report.bad_samples == 0
+    sets = source.query("SELECT DISTINCT dataset, name FROM prompt_sets")
+    assert report.results == len(source.query("SELECT * FROM results")) > 0
+    assert (report.bad_samples, report.prompt_sets) == (1, len(sets))
     assert _catalog(destination) == _catalog(source)
+    import zarr  # the copied arrays sit in a well-formed Zarr hierarchy, parent groups included
+
+    group = zarr.open_group(destination.path / "arrays.zarr", mode="r")
+    assert sorted(name for name, _ in group.members()) == sorted({i.dataset for i in source.list_arrays()})
     copied, original = _arrays(destination), _arrays(source)
     assert copied.keys() == original.keys()
     for key, values in original.items():
@@ -92,7 +98,7 @@ def test_what_differs_is_refused_and_the_destination_is_unchanged(source, tiny_s
     destination = Store.create(tmp_path / "destination")
     register_rows_only_dataset(destination, "shapes", ["a", "b"], [0, 1])
     before = _catalog(destination)
-    with pytest.raises(StoreError, match="dataset shapes differs between .* its rows would not line up"):
+    with pytest.raises(StoreError, match="dataset shapes differs between .* its classes or rows .* differ, so its arrays would not line up"):
         merge_stores(destination, source)
     assert _catalog(destination) == before
     assert merge_stores(destination, source, datasets=["shapes-v2"]).plan.new_datasets == ["shapes-v2"]
@@ -119,15 +125,55 @@ def test_what_differs_is_refused_and_the_destination_is_unchanged(source, tiny_s
     assert [r["name"] for r in destination.query("SELECT name FROM datasets ORDER BY name")] == ["shapes", "shapes-v2"]
 
 
-def test_a_partial_array_stays_behind(source, tmp_path):
-    info = source.list_arrays("shapes", CLIP, "image_emb")[0]
-    (source.path / "arrays.zarr" / info.path / "done" / "1").unlink()
+def test_unfinished_or_missing_arrays_stay_behind(source, tmp_path):
+    def array_folder(dataset: str, model: str, name: str):
+        return source.path / "arrays.zarr" / source.list_arrays(dataset, model, name)[0].path
+
+    (array_folder("shapes", CLIP, "image_emb") / "done" / "1").unlink()  # a chunk not written yet
     source.update_array_progress("shapes", CLIP, "image_emb")
+    with source.catalog.write() as con:  # every chunk written, but the extraction has not ended
+        con.execute("UPDATE arrays SET status = 'partial' WHERE dataset = 'shapes-v2' AND model = ? "
+                    "AND name = 'image_emb'", [CLIP])  # fmt: skip
+    shutil.rmtree(array_folder("shapes", TIMM, "logits"))  # files lost: a store copied without its arrays
+    (array_folder("shapes-v2", TIMM, "logits") / "done" / "0").unlink()  # catalog complete, a marker gone
     destination = Store.create(tmp_path / "destination")
     plan = plan_merge(destination, source)
-    ((skipped, why),) = plan.skipped
-    assert (skipped.dataset, skipped.model, skipped.name) == ("shapes", CLIP, "image_emb")
-    assert why.startswith("partial in") and "(32 of 64 rows)" in why
+    skipped = {(i.dataset, i.model, i.name): why for i, why in plan.skipped}
+    assert len(skipped) == 4 and len(plan.arrays) == len(source.list_arrays()) - 4
+    assert skipped[("shapes", CLIP, "image_emb")].startswith("unfinished in")
+    assert "(32 of 64 rows; its extraction has not ended)" in skipped[("shapes", CLIP, "image_emb")]
+    assert "(32 of 32 rows; its extraction has not ended)" in skipped[("shapes-v2", CLIP, "image_emb")]
+    assert skipped[("shapes", TIMM, "logits")].startswith("its files are missing in")
+    assert skipped[("shapes-v2", TIMM, "logits")].startswith("only 0 of its 32 rows are marked written")
+
+
+def test_the_same_rows_with_other_file_stamps_merge_only_when_trusted(source, tiny_store_template, tmp_path):
+    destination = _copy(tiny_store_template, tmp_path / "destination")
+    destination.delete_arrays(model=CLIP)
+    with destination.catalog.write() as con:  # as if its images had been copied without their times
+        con.execute("UPDATE datasets SET fingerprint = 'other-stamps' WHERE name = 'shapes'")
+    with pytest.raises(StoreError, match="though its classes and rows agree: .* --trust-rows accepts it"):
+        merge_stores(destination, source, models=[CLIP], datasets=["shapes"])
+    report = merge_stores(destination, source, models=[CLIP], datasets=["shapes"], trust_rows=True)
+    assert report.plan.relabelled == {"shapes": "other-stamps"} and len(report.plan.arrays) == 3
+    assert {i.fingerprints["dataset"] for i in destination.list_arrays("shapes", CLIP)} == {"other-stamps"}
+
+
+def test_a_catalog_conflict_at_commit_is_one_error_and_removes_the_copies(source, tmp_path, monkeypatch):
+    import embedstore.merge as merge
+
+    destination = Store.create(tmp_path / "destination")
+    planned = merge.plan_merge
+
+    def plan_then_race(*args, **kwargs):
+        plan = planned(*args, **kwargs)
+        destination.register_model({"model_id": TIMM, "kind": "classifier", "fingerprint": "registered meanwhile"})
+        return plan
+
+    monkeypatch.setattr(merge, "plan_merge", plan_then_race)
+    with pytest.raises(StoreError, match="cannot add the merged models rows: Constraint Error"):
+        merge_stores(destination, source, models=[TIMM])
+    assert destination.list_arrays() == [] and destination.query("SELECT * FROM datasets") == []
 
 
 def test_a_failed_merge_removes_its_copies(source, tmp_path, monkeypatch):
@@ -141,8 +187,9 @@ def test_a_failed_merge_removes_its_copies(source, tmp_path, monkeypatch):
     monkeypatch.setattr(merge, "_copy_catalog_rows", fail)
     with pytest.raises(StoreError, match="catalog write failed"):
         merge_stores(destination, source)
-    files = [p.relative_to(destination.path) for p in (destination.path / "arrays.zarr").rglob("*") if p.is_file()]
-    assert destination.list_arrays() == [] and [str(f) for f in files] == ["arrays.zarr/zarr.json"]
+    files = [p for p in (destination.path / "arrays.zarr").rglob("*") if p.is_file()]
+    assert destination.list_arrays() == [] and len(files) > 1  # the (empty) parent groups stay
+    assert all(f.name == "zarr.json" and '"node_type":"group"' in f.read_text().replace(" ", "") for f in files)
     assert sorted(p.name for p in destination.path.iterdir()) == ["arrays.zarr", "catalog.duckdb"]
 
 

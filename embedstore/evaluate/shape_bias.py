@@ -10,8 +10,10 @@ that applies:
 1. CLIP models: the argmax of the zero-shot logits over the dataset's own class names under the
    prompt set (the direct K-way variant: 16-way prompts on a 16-category dataset). With
    ``clip_imagenet`` (a 1000-class ImageNet dataset whose ``text_emb`` the model has), model-vs-human's
-   CLIP route instead: zero-shot logits ``logit_scale * cos`` over the 1000 ImageNet classes under that
-   dataset's prompt set, then route 3's softmax-and-average mapping to the 16 categories.
+   CLIP route instead: zero-shot logits ``100 * cos`` over the 1000 ImageNet classes under that
+   dataset's prompt set (model-vs-human's ``ClipPyTorchModel`` fixes the scale at 100 whatever the
+   model learned; averaging probabilities depends on it), then route 3's softmax-and-average mapping
+   to the 16 categories.
 2. Classifiers whose head covers the dataset's classes (as many outputs as classes, or a declared
    class subset to slice to): the argmax of the head logits over those classes.
 3. 1000-way ImageNet classifiers on a dataset whose classes are model-vs-human's 16 categories:
@@ -61,6 +63,8 @@ ROUTE_ZERO_SHOT = "zero-shot over the dataset's classes"
 ROUTE_HEAD = "head logits over the dataset's classes"
 ROUTE_IMAGENET_TO_16 = "1000-way softmax averaged over each of the 16 categories' ImageNet classes"
 ROUTE_CLIP_IMAGENET_TO_16 = "zero-shot over 1000 ImageNet classes, softmax averaged over each of the 16 categories"
+#: The logit scale of model-vs-human's CLIP wrapper (``100 * image @ text.T``).
+MODEL_VS_HUMAN_CLIP_SCALE = 100.0
 CUES_FROM_ANNOTATIONS = "shape/texture annotations"
 CUES_FROM_FILE_NAMES = "file names <shape><n>-<texture><m>"
 
@@ -162,9 +166,9 @@ def model_decisions(
     if route is None and clip_imagenet is not None and model_kind(store, model) == "clip":
         raise AnalysisError(f"model {model} has no text_emb on {clip_imagenet}: extract it on that dataset first")
     if route == ROUTE_CLIP_IMAGENET_TO_16:
-        logits, _ = clip_scores(store, model, dataset, prompt_set, rows, classes_from=clip_imagenet)
-        probabilities = imagenet_probabilities_to_16(special.softmax(logits.astype(np.float64), axis=1),
-                                                     HUMAN_CATEGORIES)  # fmt: skip
+        _, cosines = clip_scores(store, model, dataset, prompt_set, rows, classes_from=clip_imagenet)
+        logits = MODEL_VS_HUMAN_CLIP_SCALE * cosines.astype(np.float64)
+        probabilities = imagenet_probabilities_to_16(special.softmax(logits, axis=1), HUMAN_CATEGORIES)
         return ModelDecisions(np.asarray(HUMAN_CATEGORIES, dtype=object)[category_decisions(probabilities)], route,
                               prompt_indices(store, clip_imagenet, prompt_set))  # fmt: skip
     if route is None:
@@ -203,6 +207,7 @@ def run_shape_bias(
         if not chosen:
             raise AnalysisError(f"no selected model can be scored on {dataset}: {', '.join(skipped)}")
         rows = []
+        imagenet_route = {"classes_from": clip_imagenet, "logit_scale": MODEL_VS_HUMAN_CLIP_SCALE}
         for model in chosen:
             decisions = model_decisions(store, model, dataset, cues.rows, prompt_set, clip_imagenet)
             result = shape_bias(decisions.names, cues.shape, cues.texture)
@@ -210,7 +215,7 @@ def run_shape_bias(
                 "decisions": decisions.route,
                 "prompt_set": prompt_set if decisions.templates is not None else None,
                 "templates": decisions.templates,
-                **({"classes_from": clip_imagenet} if decisions.route == ROUTE_CLIP_IMAGENET_TO_16 else {}),
+                **(imagenet_route if decisions.route == ROUTE_CLIP_IMAGENET_TO_16 else {}),
                 "cues": cues.source,
                 "dropped": "shape == texture",
                 "rows": "all decodable rows",

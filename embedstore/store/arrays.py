@@ -189,6 +189,11 @@ class ZarrRoot:
         keys = other._keys_under(source_path)
         source_prefix, prefix = _inside_root(source_path), _inside_root(path)
         metadata = f"{source_prefix}/zarr.json"
+        if metadata not in keys:
+            raise StoreError(f"array {source_path} does not exist in {other.location}")
+        parts = prefix.split("/")
+        for depth in range(1, len(parts)):  # the parent groups, as creating an array makes them
+            zarr.open_group(store=self.kv, path="/".join(parts[:depth]), mode="a")
         for key in sorted(keys, key=lambda k: k == metadata):
             target = prefix + key[len(source_prefix) :]
             data = other.get_bytes(key)

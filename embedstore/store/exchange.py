@@ -186,7 +186,9 @@ def read_matrix(
         keys = [line.rstrip("\n") for line in Path(keys_file).read_text().splitlines() if line.strip()]
     if keys is None:
         raise StoreError(f"{path} carries no sample keys: pass --keys FILE with one key per row")
-    if data.ndim < 1 or data.shape[0] != len(keys):
+    if data.ndim < 1 or data.shape[0] == 0:
+        raise StoreError(f"{path} holds no rows (shape {list(data.shape)}): nothing to import")
+    if data.shape[0] != len(keys):
         raise StoreError(f"{path} has {data.shape[0] if data.ndim else 0} rows but {len(keys)} keys were given")
     if len(set(keys)) != len(keys):
         raise StoreError(f"duplicate sample keys in the keys for {path}")
