@@ -98,7 +98,10 @@ def test_what_differs_is_refused_and_the_destination_is_unchanged(source, tiny_s
     destination = Store.create(tmp_path / "destination")
     register_rows_only_dataset(destination, "shapes", ["a", "b"], [0, 1])
     before = _catalog(destination)
-    with pytest.raises(StoreError, match="dataset shapes differs between .* its classes or rows .* differ, so its arrays would not line up"):
+    with pytest.raises(
+        StoreError,
+        match="dataset shapes differs between .* its classes or rows .* differ, so its arrays would not line up",
+    ):
         merge_stores(destination, source)
     assert _catalog(destination) == before
     assert merge_stores(destination, source, datasets=["shapes-v2"]).plan.new_datasets == ["shapes-v2"]
