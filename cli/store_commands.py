@@ -29,7 +29,8 @@ def init_command(store_path: str, arrays_url: str | None) -> None:
 @json_option
 @user_errors
 def ls_command(store_path: str, as_json: bool) -> None:
-    """List the models, datasets and arrays of a store, with rows done / total and status."""
+    """List the models, datasets and arrays of a store, with rows done / total and status, and the
+    stored results per analysis."""
     store = Store.open(store_path)
     models = store.query("SELECT model_id, kind, group_label, train_data, embed_dim FROM models ORDER BY model_id")
     datasets = store.query(
@@ -41,10 +42,14 @@ def ls_command(store_path: str, as_json: bool) -> None:
         arrays.append({"dataset": info.dataset, "model": info.model, "name": info.name, "shape": list(info.shape),
                        "dtype": info.dtype, "rows_done": done, "rows_total": info.rows_total, "status": status})  # fmt: skip
     bad = store.query("SELECT dataset, count(*) AS n FROM bad_samples GROUP BY dataset ORDER BY dataset")
+    results = store.query(
+        "SELECT analysis, count(*) AS n_rows, count(DISTINCT model) AS n_models, count(DISTINCT dataset) AS n_datasets, "
+        "count(DISTINCT params_hash) AS n_param_sets, CAST(max(created) AS VARCHAR) AS latest "
+        "FROM results GROUP BY analysis ORDER BY analysis"
+    )
     if as_json:
-        print_json(
-            {"store": str(store.path), "models": models, "datasets": datasets, "arrays": arrays, "bad_samples": bad}
-        )
+        print_json({"store": str(store.path), "models": models, "datasets": datasets, "arrays": arrays,
+                    "bad_samples": bad, "results": results})  # fmt: skip
         return
     click.echo(f"store {store.path}")
     click.echo(f"\nmodels ({len(models)})")
@@ -59,6 +64,11 @@ def ls_command(store_path: str, as_json: bool) -> None:
                   f"{a['rows_done']}/{a['rows_total']}", a["status"]] for a in arrays])  # fmt: skip
     if bad:
         click.echo("\nbad samples: " + ", ".join(f"{b['dataset']} {b['n']}" for b in bad))
+    if results:
+        click.echo(f"\nresults ({sum(r['n_rows'] for r in results)} rows; `embedstore sql` queries them)")
+        print_table(["analysis", "rows", "models", "datasets", "parameter sets", "latest"],
+                    [[r["analysis"], r["n_rows"], r["n_models"], r["n_datasets"], r["n_param_sets"],
+                      r["latest"][:19]] for r in results])  # fmt: skip
 
 
 @click.command("sql")

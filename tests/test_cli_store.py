@@ -167,7 +167,17 @@ def test_ls_and_sql_formats(run, tmp_path, matrix):
     listing = json.loads(run("ls", "--json").output)
     assert listing["arrays"][0] | {} == listing["arrays"][0]
     assert listing["arrays"][0]["rows_done"] == 50 and listing["arrays"][0]["status"] == "complete"
-    assert "50/50" in run("ls").output
+    assert "50/50" in run("ls").output and "results (" not in run("ls").output
+    from embedstore.store import Store
+
+    store = Store.open(tmp_path / "store", readonly=False)
+    for c in (1, 2):
+        store.put_results("probe", [("acc1", 0.5), ("acc5", 0.9)], params={"c": c}, model="m1", dataset="ds")
+    assert json.loads(run("ls", "--json").output)["results"] == [
+        {"analysis": "probe", "n_rows": 4, "n_models": 1, "n_datasets": 1, "n_param_sets": 2,
+         "latest": listing_time(store)}
+    ]  # fmt: skip
+    assert "results (4 rows; `embedstore sql` queries them)" in run("ls").output
     csv_out = run("sql", "SELECT key FROM samples ORDER BY row LIMIT 2", "--format", "csv").output
     assert csv_out == "key\nimg000\nimg001\n"  # plain newlines: `$(... | tail -1)` gives the bare value
     run("sql", "SELECT * FROM samples", "--format", "parquet", "--output", tmp_path / "s.parquet")
@@ -176,6 +186,10 @@ def test_ls_and_sql_formats(run, tmp_path, matrix):
     assert pq.read_table(tmp_path / "s.parquet").num_rows == 50
     refused = run("sql", "DROP TABLE samples", ok=False)
     assert refused.exit_code == 1 and "refused" in refused.output
+
+
+def listing_time(store) -> str:
+    return store.query("SELECT CAST(max(created) AS VARCHAR) AS t FROM results")[0]["t"]
 
 
 def test_rm_deletes_arrays(run, tmp_path, matrix):
