@@ -109,11 +109,12 @@ def usable_rows(store: Store, dataset: str, *, labelled: bool = True) -> np.ndar
 def stores_results_together(run: Callable[..., T]) -> Callable[..., T]:
     """Decorate an analysis runner whose first argument is the store: its ``put_results`` calls are
     written together when it returns, and none when it raises (`Store.results_together`), so a run
-    that fails on its third (model, dataset) pair leaves no rows of the first two."""
+    that fails on its third (model, dataset) pair leaves no rows of the first two. Its catalog reads
+    come from an in-memory snapshot taken when it starts (`Catalog.snapshot`)."""
 
     @functools.wraps(run)
     def wrapper(store: Store, *args: Any, **kwargs: Any) -> T:
-        with store.results_together():
+        with store.results_together(), store.catalog.snapshot():  # results are written after the snapshot
             return run(store, *args, **kwargs)
 
     return wrapper

@@ -164,6 +164,7 @@ class Catalog:
         self.lock_timeout = lock_timeout
         self._held: duckdb.DuckDBPyConnection | None = None  # see ``session``
         self._joined = False  # True inside ``transaction``: ``write`` blocks join it
+        self._snapshot: duckdb.DuckDBPyConnection | None = None  # see ``snapshot``
 
     def _connect(self, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout
@@ -183,10 +184,44 @@ class Catalog:
                 delay = min(delay * 2, 0.2)
 
     @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Answer ``read``s inside the block from an in-memory copy of the catalog taken when it
+        starts: an analysis over hundreds of (model, dataset) pairs makes thousands of small reads,
+        and opening the file for each costs tens of milliseconds. No file connection or lock is held
+        during the block, so other processes write as usual; the block does not see their writes,
+        nor its own (``write`` still goes to the file)."""
+        if self._snapshot is not None or self._held is not None:
+            yield  # nested, or inside a session or transaction: reads already share one connection
+            return
+        copy = duckdb.connect(":memory:")
+        try:
+            with self.read() as con:
+                tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+                for table in tables:
+                    rows = con.sql(f'SELECT * FROM "{table}"')
+                    rows = rows.to_arrow_table() if hasattr(rows, "to_arrow_table") else rows.arrow()
+                    copy.register("incoming", rows)
+                    copy.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming')
+                    copy.unregister("incoming")
+            self._snapshot = copy
+            yield
+        finally:
+            self._snapshot = None
+            copy.close()
+
+    @contextlib.contextmanager
     def session(self) -> Iterator[None]:
         """Hold one connection for a burst of catalog work (opening a DuckDB file costs tens of
         milliseconds): ``read``/``write`` inside the block reuse it. A writable catalog holds a write
         connection, which locks other processes out until the block ends; keep bursts short."""
+        if self._snapshot is not None:
+            yield  # reads come from the snapshot; a transaction holds its own connection
+            return
+        with self._hold():
+            yield
+
+    @contextlib.contextmanager
+    def _hold(self) -> Iterator[None]:
         if self._held is not None:
             yield
             return
@@ -200,6 +235,9 @@ class Catalog:
     @contextlib.contextmanager
     def read(self, *, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection. ``sandboxed`` also forbids file and network access from SQL."""
+        if self._snapshot is not None and not sandboxed and not self._joined:  # a transaction reads its writes
+            yield self._snapshot
+            return
         if self._held is not None and not sandboxed:
             yield self._held
             return
@@ -249,7 +287,7 @@ class Catalog:
         if self._joined:
             yield
             return
-        with self.session(), self.write():
+        with self._hold(), self.write():
             self._joined = True
             try:
                 yield

@@ -1,0 +1,48 @@
+"""Catalog.snapshot: an analysis's many small reads come from one in-memory copy of the catalog, no
+file connection is opened for them, and writes still go to the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedstore.store import Store
+
+
+@pytest.fixture
+def counted(store: Store, monkeypatch):
+    opened: list[bool] = []
+    connect = store.catalog._connect
+
+    def counting(read_only, config=None):
+        opened.append(read_only)
+        return connect(read_only, config)
+
+    monkeypatch.setattr(store.catalog, "_connect", counting)
+    return store, opened
+
+
+def test_reads_in_a_snapshot_open_no_file_connection(counted):
+    store, opened = counted
+    store.register_model({"model_id": "m", "kind": "clip", "fingerprint": "f"})
+    opened.clear()
+    with store.catalog.snapshot():
+        assert len(opened) == 1  # the copy is taken through one read connection
+        for _ in range(20):
+            assert store.model_info("m")["fingerprint"] == "f"
+        with store.session():  # a session inside reads from the snapshot too
+            assert store.query("SELECT count(*) AS n FROM models")[0]["n"] == 1
+        assert len(opened) == 1
+        store.register_model({"model_id": "m2", "kind": "clip", "fingerprint": "g"})  # writes reach the file
+        assert opened[-1] is False
+        assert store.query("SELECT count(*) AS n FROM models")[0]["n"] == 1  # the snapshot is as it was
+        with store.transaction():  # a transaction reads its own writes
+            store.register_model({"model_id": "m3", "kind": "clip", "fingerprint": "h"})
+            assert store.query("SELECT count(*) AS n FROM models")[0]["n"] == 3
+    assert store.query("SELECT count(*) AS n FROM models")[0]["n"] == 3
+
+
+def test_sandboxed_sql_never_reads_the_snapshot(counted):
+    store, opened = counted
+    with store.catalog.snapshot():
+        store.register_model({"model_id": "late", "kind": "clip", "fingerprint": "f"})
+        assert store.sql("SELECT model_id FROM models").column("model_id").to_pylist() == ["late"]
