@@ -665,8 +665,11 @@ class Store:
                 "AND analysis = ? AND params_hash = ?",
                 [model, dataset, analysis, params_hash],
             )
-            if values:
-                _executemany(con, "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            if values:  # one vectorised insert: row-by-row executemany costs ~70 ms per analysis run
+                names = ("model", "dataset", "analysis", "metric", "value", "value_text", "params", "params_hash",
+                         "version", "created")  # fmt: skip
+                types = [pa.string()] * 4 + [pa.float64()] + [pa.string()] * 4 + [pa.timestamp("us")]
+                _insert_arrow(con, "results", {n: pa.array(list(c), t) for n, c, t in zip(names, zip(*values), types)})
         return params_hash
 
     def count_results(self, pairs: Sequence[tuple[str, str]]) -> int:
