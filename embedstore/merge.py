@@ -46,7 +46,7 @@ import pyarrow as pa
 from embedstore.errors import StoreError
 from embedstore.extract.lock import extraction_locks
 from embedstore.store import ArrayInfo, Store, stored_model_id
-from embedstore.store.store import arrow_table
+from embedstore.store.store import arrow_table, insert_arrow
 
 #: Per-dataset catalog tables copied with a dataset the destination lacks.
 DATASET_TABLES = ("datasets", "samples", "captions", "annotations", "templates", "prompt_sets", "bad_samples")
@@ -82,11 +82,6 @@ def _chosen(value: str, patterns: Sequence[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
-def _templates(store: Store, dataset: str) -> list[str]:
-    rows = store.query('SELECT template FROM templates WHERE dataset = ? ORDER BY "index"', [dataset])
-    return [r["template"] for r in rows]
-
-
 def plan_merge(
     destination: Store, source: Store, models: Sequence[str] = (), datasets: Sequence[str] = (),
     *, trust_rows: bool = False,
@@ -117,7 +112,7 @@ def plan_merge(
             _check_model(destination, source, info.model, plan)
             checked_models.add(info.model)
         if info.name == "text_emb" and info.dataset in plan.shared_datasets:
-            ours, theirs = _templates(destination, info.dataset), _templates(source, info.dataset)
+            ours, theirs = destination.templates(info.dataset), source.templates(info.dataset)
             if ours != theirs:
                 raise StoreError(
                     f"dataset {info.dataset} has {len(theirs)} templates in {source.path} and {len(ours)} in "
@@ -229,7 +224,7 @@ def merge_stores(
 
 def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tuple[int, int, int]:
     """Insert the plan's catalog rows in one transaction; returns (results, bad samples, prompt sets) added."""
-    same_templates = [d for d in plan.shared_datasets if _templates(destination, d) == _templates(source, d)]
+    same_templates = [d for d in plan.shared_datasets if destination.templates(d) == source.templates(d)]
     held_sets = {(r["dataset"], r["name"]) for r in destination.query("SELECT DISTINCT dataset, name FROM prompt_sets")}
     copied = {(i.dataset, i.model, i.name) for i in plan.arrays}
     pairs = {(i.model, i.dataset) for i in plan.arrays}
@@ -277,11 +272,7 @@ def _insert(con, table: str, rows: pa.Table, condition: str | None = None) -> in
     """Insert ``rows`` (a table of ``table``'s columns) where ``condition`` holds (alias ``i``)."""
     if not rows.num_rows:
         return 0
-    con.register("incoming", rows)
-    where = f" WHERE {condition}" if condition else ""
     try:
-        added = int(con.execute(f"INSERT INTO {table} SELECT i.* FROM incoming i{where}").fetchall()[0][0])
+        return insert_arrow(con, table, rows, condition)
     except duckdb.Error as exc:  # e.g. another process registered the same model meanwhile
         raise StoreError(f"cannot add the merged {table} rows: {str(exc).splitlines()[0]}") from None
-    con.unregister("incoming")
-    return added

@@ -268,7 +268,7 @@ class Store:
                     fingerprint, _now(),
                 ],
             )  # fmt: skip
-            _insert_arrow(
+            insert_arrow(
                 con, "samples",
                 {
                     "dataset": pa.array([name] * len(samples), pa.string()),
@@ -279,7 +279,7 @@ class Store:
                 },
             )  # fmt: skip
             if captions:
-                _insert_arrow(
+                insert_arrow(
                     con, "captions",
                     {
                         "dataset": pa.array([name] * len(captions), pa.string()),
@@ -300,7 +300,7 @@ class Store:
     @staticmethod
     def _insert_annotations(con: duckdb.DuckDBPyConnection, name: str, annotations: list[tuple]) -> None:
         if annotations:
-            _insert_arrow(
+            insert_arrow(
                 con, "annotations",
                 {
                     "dataset": pa.array([name] * len(annotations), pa.string()),
@@ -669,25 +669,23 @@ class Store:
                 names = ("model", "dataset", "analysis", "metric", "value", "value_text", "params", "params_hash",
                          "version", "created")  # fmt: skip
                 types = [pa.string()] * 4 + [pa.float64()] + [pa.string()] * 4 + [pa.timestamp("us")]
-                _insert_arrow(con, "results", {n: pa.array(list(c), t) for n, c, t in zip(names, zip(*values), types)})
+                insert_arrow(con, "results", {n: pa.array(list(c), t) for n, c, t in zip(names, zip(*values), types)})
         return params_hash
 
     def count_results(self, pairs: Sequence[tuple[str, str]]) -> int:
         """Result rows stored under any of the (model, dataset) ``pairs``."""
         if not pairs:
             return 0
-        where = " OR ".join(["(model = ? AND dataset = ?)"] * len(pairs))
-        params = [value for pair in pairs for value in pair]
+        where, params = _any_pair(pairs)
         return int(self.query(f"SELECT count(*) AS n FROM results WHERE {where}", params)[0]["n"])
 
     def delete_results(self, pairs: Sequence[tuple[str, str]]) -> int:
         """Delete the result rows stored under any of the (model, dataset) ``pairs``; returns how many."""
-        count = self.count_results(pairs)
-        if count:
-            where = " OR ".join(["(model = ? AND dataset = ?)"] * len(pairs))
-            with self.catalog.write() as con:
-                con.execute(f"DELETE FROM results WHERE {where}", [value for pair in pairs for value in pair])
-        return count
+        if not pairs:
+            return 0
+        where, params = _any_pair(pairs)
+        with self.catalog.write() as con:
+            return int(con.execute(f"DELETE FROM results WHERE {where}", params).fetchall()[0][0])
 
     @contextlib.contextmanager
     def results_together(self) -> Iterator[None]:
@@ -750,14 +748,24 @@ def _executemany(con: duckdb.DuckDBPyConnection, sql: str, rows: Sequence[Sequen
         con.executemany(sql, rows)
 
 
-def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, pa.Array]) -> None:
-    data = pa.table(columns)
+def _any_pair(pairs: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
+    """A WHERE condition matching any (model, dataset) of ``pairs``, and its parameters."""
+    return " OR ".join(["(model = ? AND dataset = ?)"] * len(pairs)), [value for pair in pairs for value in pair]
+
+
+def insert_arrow(
+    con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table | dict[str, pa.Array], condition: str | None = None
+) -> int:
+    """Insert ``rows`` (columns by name) into ``table`` in one statement, only those where the SQL
+    ``condition`` holds (the incoming row is ``i``); returns how many were inserted."""
+    data = rows if isinstance(rows, pa.Table) else pa.table(rows)
+    names = ", ".join(f'"{c}"' for c in data.column_names)
+    where = f" WHERE {condition}" if condition else ""
     con.register("_embedstore_insert", data)
-    try:
-        names = ", ".join(f'"{c}"' for c in columns)
-        con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _embedstore_insert")
-    finally:
-        con.unregister("_embedstore_insert")
+    # not unregistered when the insert fails: on an aborted transaction that would raise in its place
+    inserted = con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _embedstore_insert i{where}").fetchall()
+    con.unregister("_embedstore_insert")
+    return int(inserted[0][0])
 
 
 def _json(value: Any) -> Any:
