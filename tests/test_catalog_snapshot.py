@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from embedstore.sources import open_dataset
 from embedstore.store import Store
 
 
@@ -46,3 +47,33 @@ def test_sandboxed_sql_never_reads_the_snapshot(counted):
     with store.catalog.snapshot():
         store.register_model({"model_id": "late", "kind": "clip", "fingerprint": "f"})
         assert store.sql("SELECT model_id FROM models").column("model_id").to_pylist() == ["late"]
+
+
+def test_a_snapshot_answers_a_repeated_read_once_and_hands_out_copies(store, monkeypatch):
+    store.register_model({"model_id": "m", "kind": "clip", "fingerprint": "f"})
+    store.register_dataset(open_dataset("ds", "synthetic:shapes?n=6&seed=1"))
+    queries: list[str] = []
+    with store.catalog.snapshot():
+        real_read = store.catalog.read
+
+        def counting_read(**kwargs):
+            queries.append("read")
+            return real_read(**kwargs)
+
+        monkeypatch.setattr(store.catalog, "read", counting_read)
+        first = store.model_info("m")
+        first["kind"] = "changed by a caller"
+        assert store.model_info("m")["kind"] == "clip" and len(queries) == 1
+        table = store.sample_table("ds")
+        assert len(table["label"]) == 6 and store.sample_table("ds") is not table
+        with pytest.raises(ValueError, match="read-only"):
+            table["label"][0] = 5  # what is remembered cannot be changed through a caller's copy
+        reads = len(queries)
+        store.sample_table("ds")
+        assert len(queries) == reads
+        with store.transaction():  # a transaction reads its own writes: nothing remembered there
+            store.register_model({"model_id": "m", "kind": "classifier", "fingerprint": "f"})
+            assert store.model_info("m")["kind"] == "classifier"
+    monkeypatch.undo()
+    assert store.model_info("m")["kind"] == "classifier"
+    store.sample_table("ds")["label"][0] = 5  # outside a snapshot each call reads afresh, writable

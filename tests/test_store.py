@@ -110,7 +110,10 @@ def test_reads_rows_by_slice_and_index_list(store, compression):
     for rows in [slice(None), slice(3, 7), slice(4, 8), slice(9, 10), slice(5, 5), slice(0, 10, 2)]:
         np.testing.assert_array_equal(arr.read(rows), data[rows])
         np.testing.assert_array_equal(arr.read(rows), arr.zarr[rows])
-    np.testing.assert_array_equal(arr.read([9, 0, 5]), data[[9, 0, 5]])
+    # dense index lists take the span read, sparse ones Zarr's selection: both in the order asked
+    for rows in [[9, 0, 5], [0, 1, 2, 4, 5, 6, 7], [3, 4, 5, 6], [6, 5, 5, 4], [0, 9], [2]]:
+        np.testing.assert_array_equal(arr.read(rows), data[rows])
+        np.testing.assert_array_equal(arr.read(np.asarray(rows)), arr.zarr.get_orthogonal_selection((rows, slice(None))))
     assert arr.read([]).shape == (0, 4)
     with pytest.raises(StoreError, match="out of range"):
         arr.read([10])
@@ -152,6 +155,19 @@ def test_results_replace_same_params_and_add_different(store):
     rows = store.query("SELECT metric, value, params, params_hash, version, created FROM results ORDER BY value")
     assert [(r["metric"], r["value"]) for r in rows] == [("acc1", 0.6), ("acc1", 0.7)]
     assert rows[0]["params_hash"] != rows[1]["params_hash"] and '"prompts":"default"' in rows[0]["params"]
+
+
+def test_results_written_together_replace_like_one_by_one(store):
+    store.put_results("ood", [("auroc", 0.1)], params={"s": 1}, model=None, dataset="d")  # a NULL model is a key too
+    store.put_results("ood", [("auroc", 0.2)], params={"s": 1}, model="m", dataset="d")
+    with store.results_together():
+        store.put_results("ood", [("auroc", 0.3)], params={"s": 1}, model=None, dataset="d")
+        store.put_results("ood", [("auroc", 0.4), ("fpr95", 0.5)], params={"s": 2}, model="m", dataset="d")
+        store.put_results("ood", [("auroc", 0.6)], params={"s": 2}, model="m", dataset="d")  # a repeat: the last wins
+        assert store.query("SELECT count(*) AS n FROM results")[0]["n"] == 2  # nothing written yet
+    rows = store.query("SELECT model, metric, value FROM results ORDER BY value")
+    assert [(r["model"], r["metric"], r["value"]) for r in rows] == [("m", "auroc", 0.2), (None, "auroc", 0.3),
+                                                                     ("m", "auroc", 0.6)]  # fmt: skip
 
 
 def test_sql_refuses_writes_and_file_access(store):

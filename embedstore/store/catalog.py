@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
 from embedstore.errors import StoreError
 from embedstore.store.crashpoints import crash_point
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.duckdb"
@@ -165,6 +168,7 @@ class Catalog:
         self._held: duckdb.DuckDBPyConnection | None = None  # see ``session``
         self._joined = False  # True inside ``transaction``: ``write`` blocks join it
         self._snapshot: duckdb.DuckDBPyConnection | None = None  # see ``snapshot``
+        self._remembered: dict[Hashable, object] = {}  # see ``remembered``
 
     def _connect(self, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout
@@ -207,7 +211,26 @@ class Catalog:
             yield
         finally:
             self._snapshot = None
+            self._remembered.clear()
             copy.close()
+
+    @property
+    def remembering(self) -> bool:
+        """Whether ``remembered`` keeps what it computes now."""
+        return self._snapshot is not None and not self._joined
+
+    def remembered(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()`` (a read of the catalog), computed once per ``key`` while a snapshot answers
+        reads: the snapshot does not change, so neither does what is read from it. Outside a
+        snapshot, and inside a transaction (which reads its own writes), computed every time.
+        Callers hand out copies or read-only views of what is remembered."""
+        if not self.remembering:
+            return compute()
+        try:
+            return self._remembered[key]  # type: ignore[return-value]
+        except KeyError:
+            value = self._remembered[key] = compute()
+            return value
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:

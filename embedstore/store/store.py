@@ -104,7 +104,7 @@ class Store:
         self.path = path
         self.catalog = catalog
         self.arrays = arrays
-        self._pending_results: list[tuple[tuple, dict]] | None = None
+        self._pending_results: list[tuple[tuple, list[tuple]]] | None = None
 
     # -- opening ---------------------------------------------------------------------------------------
 
@@ -321,33 +321,43 @@ class Store:
 
     def sample_table(self, dataset: str) -> dict[str, np.ndarray]:
         """``{"row", "key", "label", "locator"}`` columns of a dataset's samples, in row order
-        (labels of unlabelled samples are -1)."""
+        (labels of unlabelled samples are -1). Inside a catalog snapshot the columns are read once
+        and handed out read-only."""
         self.dataset_info(dataset)
-        with self.catalog.read() as con:
-            table = arrow_table(
-                con,
-                'SELECT "row", key, coalesce(label, -1) AS label, locator FROM samples '
-                'WHERE dataset = ? ORDER BY "row"',
-                [dataset],
-            )
-        return {
-            "row": table.column("row").to_numpy(),
-            "key": np.asarray(table.column("key").to_pylist(), dtype=object),
-            "label": table.column("label").to_numpy().astype(np.int64),
-            "locator": np.asarray(table.column("locator").to_pylist(), dtype=object),
-        }
+        return self._column_table(
+            'SELECT "row", key, coalesce(label, -1) AS label, locator FROM samples WHERE dataset = ? ORDER BY "row"',
+            dataset,
+            {"row": None, "key": object, "label": np.int64, "locator": object},
+        )
 
     def caption_table(self, dataset: str) -> dict[str, np.ndarray]:
         """``{"row", "sample_row", "text"}`` of a caption dataset, in caption-row order."""
-        with self.catalog.read() as con:
-            table = arrow_table(
-                con, 'SELECT "row", sample_row, text FROM captions WHERE dataset = ? ORDER BY "row"', [dataset]
-            )
-        return {
-            "row": table.column("row").to_numpy(),
-            "sample_row": table.column("sample_row").to_numpy(),
-            "text": np.asarray(table.column("text").to_pylist(), dtype=object),
-        }
+        return self._column_table(
+            'SELECT "row", sample_row, text FROM captions WHERE dataset = ? ORDER BY "row"',
+            dataset,
+            {"row": None, "sample_row": None, "text": object},
+        )
+
+    def _column_table(self, sql: str, dataset: str, dtypes: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """A query's columns as numpy arrays (``dtypes``: None keeps Arrow's type, ``object`` makes
+        Python strings), read once per snapshot and then read-only."""
+
+        def run() -> dict[str, np.ndarray]:
+            with self.catalog.read() as con:
+                table = arrow_table(con, sql, [dataset])
+            columns = {}
+            for name, dtype in dtypes.items():
+                column = table.column(name)
+                if dtype is object:
+                    values = np.asarray(column.to_pylist(), dtype=object)
+                else:
+                    values = column.to_numpy() if dtype is None else column.to_numpy().astype(dtype, copy=False)
+                if self.catalog.remembering:
+                    values.setflags(write=False)
+                columns[name] = values
+            return columns
+
+        return dict(self.catalog.remembered(("columns", sql, dataset), run))
 
     def annotations(self, dataset: str, name: str | None = None) -> dict[str, dict[int, str]]:
         """``{annotation name: {row: value}}`` for a dataset (one name, or all)."""
@@ -557,7 +567,10 @@ class Store:
 
     def _readable_array(self, dataset: str, model: str, name: str, allow_partial: bool) -> StoreArray:
         info = self._require_array(dataset, model, name)
-        arr = self.arrays.open_array(info.path)
+        if info.status == "complete":  # a finished array does not change: opened once per snapshot
+            arr = self.catalog.remembered(("array", info.path), lambda: self.arrays.open_array(info.path))
+        else:
+            arr = self.arrays.open_array(info.path)
         if not allow_partial and info.status != "complete":
             done = arr.rows_done()
             if done != info.rows_total:
@@ -570,6 +583,11 @@ class Store:
     def list_arrays(
         self, dataset: str | None = None, model: str | None = None, name: str | None = None
     ) -> list[ArrayInfo]:
+        if self.catalog.remembering:  # the whole table, read once, filtered here
+            every, wanted = self._arrays_by_key(), (dataset, model, name)
+            if None not in wanted:
+                return [every[wanted]] if wanted in every else []  # type: ignore[index]
+            return [a for key, a in every.items() if all(w in (None, k) for w, k in zip(wanted, key))]
         sql = "SELECT * FROM arrays WHERE 1=1"
         params: list[Any] = []
         for column, value in (("dataset", dataset), ("model", model), ("name", name)):
@@ -577,6 +595,15 @@ class Store:
                 sql += f" AND {column} = ?"
                 params.append(value)
         return [_array_info(r) for r in self.query(sql + " ORDER BY dataset, model, name", params)]
+
+    def _arrays_by_key(self) -> dict[tuple[str, str, str], ArrayInfo]:
+        """Every ``arrays`` row by (dataset, model, name), in that order; read once per snapshot."""
+
+        def read() -> dict[tuple[str, str, str], ArrayInfo]:
+            rows = self.query("SELECT * FROM arrays ORDER BY dataset, model, name")
+            return {(r["dataset"], r["model"], r["name"]): _array_info(r) for r in rows}
+
+        return self.catalog.remembered("arrays by key", read)
 
     def array_progress(self, info: ArrayInfo) -> tuple[int, str]:
         """(rows done, status) read from the chunk markers: true even while a writer is running."""
@@ -598,6 +625,8 @@ class Store:
         return len(infos)
 
     def _array_row(self, dataset: str, model: str, name: str) -> ArrayInfo | None:
+        if self.catalog.remembering:  # one read of the whole table beats a query per array
+            return self._arrays_by_key().get((dataset, model, name))
         rows = self.query("SELECT * FROM arrays WHERE dataset = ? AND model = ? AND name = ?", [dataset, model, name])
         return _array_info(rows[0]) if rows else None
 
@@ -644,11 +673,6 @@ class Store:
         analysis and parameters are replaced; other parameters add rows. Returns the params hash.
         Inside `results_together` the write waits for the end of the block."""
         params_hash = hash_object(dict(params))
-        if self._pending_results is not None:
-            self._pending_results.append(
-                ((analysis, list(rows)), {"params": dict(params), "model": model, "dataset": dataset})
-            )
-            return params_hash
         params_json = canonical_json(dict(params))
         now = _now()
         values = []
@@ -659,18 +683,35 @@ class Store:
             number = None if row.value is None else float(row.value)
             values.append((model, dataset, analysis, row.metric, number, row.value_text, params_json, params_hash,
                            embedstore.__version__, now))  # fmt: skip
-        with self.catalog.write() as con:
-            con.execute(
-                "DELETE FROM results WHERE model IS NOT DISTINCT FROM ? AND dataset IS NOT DISTINCT FROM ? "
-                "AND analysis = ? AND params_hash = ?",
-                [model, dataset, analysis, params_hash],
-            )
-            if values:  # one vectorised insert: row-by-row executemany costs ~70 ms per analysis run
-                names = ("model", "dataset", "analysis", "metric", "value", "value_text", "params", "params_hash",
-                         "version", "created")  # fmt: skip
-                types = [pa.string()] * 4 + [pa.float64()] + [pa.string()] * 4 + [pa.timestamp("us")]
-                insert_arrow(con, "results", {n: pa.array(list(c), t) for n, c, t in zip(names, zip(*values), types)})
+        run = ((model, dataset, analysis, params_hash), values)
+        if self._pending_results is not None:
+            self._pending_results.append(run)
+        else:
+            self._write_result_runs([run])
         return params_hash
+
+    def _write_result_runs(self, runs: Sequence[tuple[tuple, list[tuple]]]) -> None:
+        """Replace the rows of each run's (model, dataset, analysis, params_hash) by its rows: one
+        delete and one vectorised insert for all runs (a run repeated keeps its last rows)."""
+        latest = dict(runs)
+        if not latest:
+            return
+        key_names = ("model", "dataset", "analysis", "params_hash")
+        keys = pa.table({n: pa.array(list(c), pa.string()) for n, c in zip(key_names, zip(*latest))})
+        values = [row for rows in latest.values() for row in rows]
+        names = ("model", "dataset", "analysis", "metric", "value", "value_text", "params", "params_hash",
+                 "version", "created")  # fmt: skip
+        types = [pa.string()] * 4 + [pa.float64()] + [pa.string()] * 4 + [pa.timestamp("us")]
+        with self.catalog.write() as con:
+            con.register("_embedstore_runs", keys)
+            con.execute(
+                "DELETE FROM results r WHERE EXISTS (SELECT 1 FROM _embedstore_runs k WHERE "
+                + " AND ".join(f"r.{n} IS NOT DISTINCT FROM k.{n}" for n in key_names)
+                + ")"
+            )
+            con.unregister("_embedstore_runs")
+            if values:  # one vectorised insert: row-by-row executemany costs ~70 ms per analysis run
+                insert_arrow(con, "results", {n: pa.array(list(c), t) for n, c, t in zip(names, zip(*values), types)})
 
     def count_results(self, pairs: Sequence[tuple[str, str]]) -> int:
         """Result rows stored under any of the (model, dataset) ``pairs``."""
@@ -700,20 +741,23 @@ class Store:
         try:
             yield
             pending, self._pending_results = self._pending_results, None
-            with self.transaction():
-                for args, kwargs in pending:
-                    self.put_results(*args, **kwargs)
+            self._write_result_runs(pending)
         finally:
             self._pending_results = None
 
     # -- SQL -----------------------------------------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
-        """Rows of a read query as dicts (internal use: trusted SQL)."""
-        with self.catalog.read() as con:
-            cursor = con.execute(sql, params or [])
-            columns = [d[0] for d in cursor.description]
-            return [dict(zip(columns, row)) for row in cursor.fetchall()]
+        """Rows of a read query as dicts (internal use: trusted SQL). Inside a catalog snapshot the
+        same query is run once (``Catalog.remembered``); each call gets its own dicts."""
+
+        def run() -> list[tuple[str, ...] | tuple[Any, ...]]:
+            with self.catalog.read() as con:
+                cursor = con.execute(sql, params or [])
+                return [tuple(d[0] for d in cursor.description), *cursor.fetchall()]
+
+        columns, *rows = self.catalog.remembered(("query", sql, repr(params)), run)
+        return [dict(zip(columns, row)) for row in rows]
 
     def sql(self, statement: str) -> pa.Table:
         """Run a user's SQL on a read-only, sandboxed connection (no file or network access, no
