@@ -160,16 +160,30 @@ def stored_zeroshot_acc1(store: Store, model: str, dataset: str, prompt_set: str
     clip = model_kind(store, model) == "clip"
     wanted_set = prompt_set if clip else None
     wanted_templates = store.prompt_set(dataset, prompt_set) if clip else None
-    rows = store.query(
-        "SELECT value, params FROM results WHERE analysis = 'zeroshot' AND metric = 'acc1' "
-        "AND model = ? AND dataset = ? AND value IS NOT NULL ORDER BY created DESC",
-        [model, dataset],
-    )
-    for row in rows:
+    for row in _zeroshot_acc1_rows(store, model, dataset):
         params = json.loads(row["params"]) if isinstance(row["params"], str) else (row["params"] or {})
         if params.get("prompt_set") == wanted_set and params.get("templates", wanted_templates) == wanted_templates:
             return float(row["value"])
     return None
+
+
+def _zeroshot_acc1_rows(store: Store, model: str, dataset: str) -> list[dict]:
+    """The stored ``zeroshot``/``acc1`` rows (value, params) of (model, dataset), newest first. Inside
+    a catalog snapshot all pairs' rows are read in one query and kept (a study asks for thousands)."""
+    sql = (
+        "SELECT model, dataset, value, params FROM results WHERE analysis = 'zeroshot' AND metric = 'acc1' "
+        "AND value IS NOT NULL"
+    )
+    if not store.catalog.remembering:
+        return store.query(sql + " AND model = ? AND dataset = ? ORDER BY created DESC", [model, dataset])
+
+    def by_pair() -> dict[tuple[str, str], list[dict]]:
+        pairs: dict[tuple[str, str], list[dict]] = {}
+        for row in store.query(sql + " ORDER BY created DESC"):
+            pairs.setdefault((row["model"], row["dataset"]), []).append(row)
+        return pairs
+
+    return store.catalog.remembered("zeroshot acc1 by pair", by_pair).get((model, dataset), [])
 
 
 def measured_acc1(store: Store, model: str, dataset: str, prompt_set: str) -> MeasuredAccuracy:
