@@ -25,12 +25,11 @@ computed in float64 whatever their stored dtype (the store keeps float16).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 
 from embedstore.errors import AnalysisError
 
@@ -62,7 +61,8 @@ class CalibrationResult:
     ``acc`` is top-1 accuracy in [0, 1]; ``ece``/``mce`` use ``n_bins`` equal-width bins,
     ``adaptive_ece`` ``n_bins`` equal-mass bins; ``nll`` is the mean negative log-likelihood in nats;
     ``brier`` is the mean over samples of the sum over classes of squared errors, in [0, 2].
-    ``temperature`` is the ``T`` the logits were divided by (1.0 means unscaled).
+    ``temperature`` is the ``T`` the logits were divided by (1.0 means unscaled); ``reliability`` the
+    equal-width bins ``ece`` and ``mce`` were read from.
     """
 
     acc: float
@@ -74,6 +74,7 @@ class CalibrationResult:
     n: int
     temperature: float
     n_bins: int
+    reliability: ReliabilityDiagram = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -282,8 +283,28 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    log_probs = log_softmax(logits / temperature, axis=1)
-    return float(-np.mean(log_probs[np.arange(logits.shape[0]), labels]))
+    return _nll_of_temperature(logits, labels)(temperature)
+
+
+def _nll_of_temperature(logits: np.ndarray, labels: np.ndarray) -> Callable[[float], float]:
+    """``T -> NLL`` with what does not depend on ``T`` computed once (a fit evaluates it ~10 times):
+    ``log softmax(z / T)_y = (z_y - m) / T - log sum_c exp((z_c - m) / T)`` with ``m = max_c z_c``
+    (``T > 0`` keeps the maximum in place, and every exponent is <= 0)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    label_shifted = shifted[np.arange(logits.shape[0]), labels]
+
+    def nll(temperature: float) -> float:
+        return float(np.mean(np.log(np.exp(shifted / temperature).sum(axis=1)) - label_shifted / temperature))
+
+    return nll
+
+
+def _log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """``log softmax(logits / T)`` row by row, stable (the row maximum subtracted first)."""
+    scaled = logits / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    scaled -= np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+    return scaled
 
 
 def evaluate_calibration(
@@ -305,19 +326,21 @@ def evaluate_calibration(
 
 
 def _evaluate(logits: np.ndarray, labels: np.ndarray, temperature: float, n_bins: int) -> CalibrationResult:
-    log_probs = log_softmax(logits / temperature, axis=1)
+    log_probs = _log_softmax(logits, temperature)
     probs = np.exp(log_probs)
     confidence, correct = _confidence_and_correct(probs, labels)
+    diagram = _equal_width_bins(confidence, correct, n_bins)
     return CalibrationResult(
         acc=float(correct.mean()),
-        ece=_ece_from_confidence(confidence, correct, n_bins),
+        ece=_weighted_gap(diagram.counts, diagram.mean_confidence, diagram.accuracy),
         adaptive_ece=_adaptive_ece_from_confidence(confidence, correct, n_bins),
-        mce=_mce_from_confidence(confidence, correct, n_bins),
+        mce=_max_gap(diagram.counts, diagram.mean_confidence, diagram.accuracy),
         nll=float(-np.mean(log_probs[np.arange(logits.shape[0]), labels])),
         brier=_brier_from_probabilities(probs, labels),
         n=int(logits.shape[0]),
         temperature=temperature,
         n_bins=n_bins,
+        reliability=diagram,
     )
 
 
@@ -351,8 +374,9 @@ def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
 
 
 def _fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float, high: float) -> float:
+    nll = _nll_of_temperature(logits, labels)
     result = minimize_scalar(
-        lambda log_t: _nll(logits, labels, float(np.exp(log_t))),
+        lambda log_t: nll(float(np.exp(log_t))),
         bounds=(np.log(low), np.log(high)),
         method="bounded",
         options={"xatol": 1e-5},

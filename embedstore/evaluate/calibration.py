@@ -34,14 +34,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
 
 from embedstore.analysis.calibration import (
     DEFAULT_N_BINS,
     DEFAULT_TEMPERATURE_BOUNDS,
     CalibrationResult,
     ReliabilityDiagram,
-    reliability_diagram,
     split_calibration_rows,
     temperature_scaling_report,
 )
@@ -290,8 +288,8 @@ def _calibrate_model(
                 eval_rows=data.rows,
                 before=report.before[dataset],
                 after=report.after[dataset],
-                reliability_before=_reliability(data, 1.0, n_bins),
-                reliability_after=_reliability(data, report.temperature, n_bins),
+                reliability_before=report.before[dataset].reliability,
+                reliability_after=report.after[dataset].reliability,
                 params=params,
             )
         )
@@ -309,12 +307,6 @@ def _subset(data: EvalData, positions: np.ndarray) -> EvalData:
     cosines = None if data.cosines is None else data.cosines[positions]
     return replace(data, rows=data.rows[positions], labels=data.labels[positions], logits=data.logits[positions],
                    cosines=cosines)  # fmt: skip
-
-
-def _reliability(data: EvalData, temperature: float, n_bins: int) -> ReliabilityDiagram:
-    """Reliability bins of ``softmax(logits / T)`` (equal-width, as ``analysis.calibration``)."""
-    probabilities = softmax(data.logits.astype(np.float64) / temperature, axis=1)
-    return reliability_diagram(probabilities, data.labels, n_bins)
 
 
 @contextmanager
