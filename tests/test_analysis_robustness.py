@@ -9,11 +9,13 @@ from scipy import special, stats
 from embedstore.analysis.robustness import (
     DEFAULT_CLIP_EPS,
     EFFECTIVE_ROBUSTNESS_UNIT,
+    average_ranks,
     bootstrap_trend_band,
     effective_robustness,
     fit_linear_trend,
     group_statistics,
     inverse_transform_accuracy,
+    spearman_rho,
     transform_accuracy,
 )
 from embedstore.errors import AnalysisError
@@ -60,6 +62,16 @@ def test_huber_resists_one_outlier_model_and_ols_does_not() -> None:
     assert abs(huber.a - 1.0) < 0.02 and abs(huber.b + 0.5) < 0.02
     assert abs(ols.a - 1.0) > 0.2
     assert huber.r2 < ols.r2  # Huber does not minimise squared residuals
+
+
+def test_spearman_rho_equals_scipy_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x = rng.integers(0, 4, size=12).astype(float)  # many ties
+        y = np.round(rng.normal(size=12), 1)
+        if np.ptp(x) and np.ptp(y):
+            assert spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    np.testing.assert_array_equal(average_ranks(np.array([3.0, 1.0, 3.0, 2.0, 3.0])), [4.0, 1.0, 4.0, 2.0, 4.0])
 
 
 def test_r2_and_spearman_on_known_data() -> None:

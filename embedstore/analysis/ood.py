@@ -32,7 +32,6 @@ from typing import Literal
 
 import numpy as np
 from scipy.special import logsumexp, softmax
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from embedstore.errors import AnalysisError
 
@@ -320,6 +319,8 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positiv
     AUPR-In / AUPR-Out are average precision for ``positive="id"`` and OpenOOD's trapezoid for
     ``positive="ood"`` (module doc).
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score  # 1.3 s to import: only when scoring
+
     _check_positive(positive)
     id_values = _check_scores(id_scores, "id_scores")
     ood_values = _check_scores(ood_scores, "ood_scores")
@@ -342,12 +343,16 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positiv
 
 def _trapezoid_aupr(is_positive: np.ndarray, scores: np.ndarray) -> float:
     """OpenOOD's AUPR: the trapezoid area under the precision-recall curve."""
+    from sklearn.metrics import auc, precision_recall_curve
+
     precision, recall, _ = precision_recall_curve(is_positive, scores)
     return float(auc(recall, precision))
 
 
 def _fpr_at_tpr(is_positive: np.ndarray, scores: np.ndarray, thin_collinear_points: bool) -> float:
     """False-positive rate at the first ROC point whose true-positive rate is >= ``TPR_LEVEL``."""
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(is_positive, scores, drop_intermediate=thin_collinear_points)
     return float(fpr[int(np.argmax(tpr >= TPR_LEVEL))])
 

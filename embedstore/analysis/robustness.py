@@ -11,8 +11,9 @@ Conventions of this module (record them with every result, see `LinearTrend.para
 
 - Accuracies come in as fractions in [0, 1] (not percentages). Effective robustness comes out in
   **percentage points** (imagenet-testbed's unit): ``ER = 100 * (acc_y - predicted_acc_y)``.
-- T is `probit` (``scipy.stats.norm.ppf``, the "accuracy on the line" convention and our default) or
-  `logit` (``log(p / (1 - p))``, imagenet-testbed's plotting default).
+- T is `probit` (the standard normal quantile ``scipy.stats.norm.ppf``, computed as
+  ``scipy.special.ndtri``; the "accuracy on the line" convention and our default) or `logit`
+  (``log(p / (1 - p))``, imagenet-testbed's plotting default).
 - T is infinite at 0 and 1, so accuracies are clipped to ``[eps, 1 - eps]`` before transforming, with
   ``eps = DEFAULT_CLIP_EPS = 1e-4`` unless given (one error in 10,000 images, below the resolution of
   every dataset the study uses except ImageNet-val's 50,000). Only T's argument is clipped: the
@@ -33,8 +34,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
-from sklearn.linear_model import HuberRegressor
+from scipy import special
 
 from embedstore.errors import AnalysisError
 
@@ -54,11 +54,11 @@ TRANSFORMS = ("probit", "logit")
 REGRESSORS = ("ols", "huber")
 
 _FORWARD: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "probit": stats.norm.ppf,
+    "probit": special.ndtri,  # the standard normal quantile, = scipy.stats.norm.ppf
     "logit": special.logit,
 }
 _INVERSE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "probit": stats.norm.cdf,
+    "probit": special.ndtr,  # the standard normal CDF, = scipy.stats.norm.cdf
     "logit": special.expit,
 }
 
@@ -301,6 +301,8 @@ def _fit_ols(tx: np.ndarray, ty: np.ndarray, _huber_epsilon: float) -> tuple[flo
 
 
 def _fit_huber(tx: np.ndarray, ty: np.ndarray, huber_epsilon: float) -> tuple[float, float]:
+    from sklearn.linear_model import HuberRegressor  # 1.5 s to import: only when asked for
+
     model = HuberRegressor(epsilon=huber_epsilon, alpha=0.0, max_iter=1000).fit(tx[:, None], ty)
     return float(model.coef_[0]), float(model.intercept_)
 
@@ -321,7 +323,28 @@ def _r_squared(tx: np.ndarray, ty: np.ndarray, a: float, b: float) -> float:
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     if np.ptp(x) == 0.0 or np.ptp(y) == 0.0:
         return float("nan")
-    return float(stats.spearmanr(x, y).statistic)
+    return spearman_rho(x, y)
+
+
+def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation: Pearson's r of the two samples' ranks, tied values sharing their
+    mean rank (``scipy.stats.spearmanr``'s definition). NaN when either sample is constant."""
+    rank_x, rank_y = average_ranks(np.asarray(x, dtype=float)), average_ranks(np.asarray(y, dtype=float))
+    rank_x -= rank_x.mean()
+    rank_y -= rank_y.mean()
+    denominator = np.sqrt(np.dot(rank_x, rank_x) * np.dot(rank_y, rank_y))
+    return float(np.dot(rank_x, rank_y) / denominator) if denominator > 0 else float("nan")
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of a 1-D sample, tied values sharing the mean of the ranks they span."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first position of each run of ties
+    sizes = np.diff(np.r_[starts, values.size])
+    ranks = np.empty(values.size, dtype=float)
+    ranks[order] = np.repeat(starts + (sizes + 1) / 2.0, sizes)
+    return ranks
 
 
 def _check_regressor(regressor: str) -> None:

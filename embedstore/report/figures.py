@@ -30,10 +30,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter
-from scipy import special, stats
+from scipy import special
 
 from embedstore.analysis.calibration import ReliabilityDiagram
-from embedstore.analysis.robustness import DEFAULT_CLIP_EPS, MIN_MODELS_FOR_TREND, fit_linear_trend
+from embedstore.analysis.robustness import DEFAULT_CLIP_EPS, MIN_MODELS_FOR_TREND, fit_linear_trend, spearman_rho
 from embedstore.errors import AnalysisError
 
 # ---------------------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def trend_statistics(x: Sequence[float], y: Sequence[float]) -> TrendStatistics:
         return TrendStatistics(n, math.nan, math.nan, math.nan, math.nan)
     slope, intercept = np.polyfit(xs, ys, 1)
     r = float(np.corrcoef(xs, ys)[0, 1])
-    return TrendStatistics(n, float(stats.spearmanr(xs, ys).statistic), r * r, float(slope), float(intercept))
+    return TrendStatistics(n, spearman_rho(xs, ys), r * r, float(slope), float(intercept))
 
 
 def statistics_by(
