@@ -1,4 +1,4 @@
-"""init, ls, sql, rm: what is in a store."""
+"""init, ls, sql, rm, gc: what is in a store."""
 
 from __future__ import annotations
 
@@ -152,3 +152,27 @@ def rm_command(
     if removed.results_kept:
         click.echo(f"kept {removed.results_kept} result row(s) of the same (model, dataset) pairs, computed from "
                    "the deleted arrays or beside them: --results deletes them too")  # fmt: skip
+
+
+@click.command("gc")
+@store_option
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@json_option
+@user_errors
+def gc_command(store_path: str, dry_run: bool, as_json: bool) -> None:
+    """Remove what no catalog row points to: array folders left by killed merges, extractions or
+    prompt additions, empty dataset/model folders, saved indexes of removed arrays, stale lock files.
+    Datasets another process is writing are skipped."""
+    from embedstore.sweep import sweep_store
+
+    sweep = sweep_store(Store.open(store_path, readonly=dry_run), dry_run=dry_run)
+    if as_json:
+        print_json({"dry_run": sweep.dry_run, "bytes": sweep.bytes, "skipped": sweep.skipped,
+                    "leftovers": [vars(leftover) for leftover in sweep.leftovers]})  # fmt: skip
+        return
+    if sweep.leftovers:
+        print_table(["kind", "path", "bytes"], [[x.kind, x.path, x.bytes] for x in sweep.leftovers])
+    for folder, why in sweep.skipped.items():
+        click.echo(f"skipped dataset folder {folder}: {why}")
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(sweep.leftovers)} leftover(s), {sweep.bytes / 2**20:.1f} MiB")

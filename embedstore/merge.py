@@ -44,8 +44,8 @@ import duckdb
 import pyarrow as pa
 
 from embedstore.errors import StoreError
-from embedstore.extract.lock import extraction_locks
 from embedstore.store import ArrayInfo, Store, stored_model_id
+from embedstore.store.locks import dataset_locks
 from embedstore.store.store import arrow_table, insert_arrow
 
 #: Per-dataset catalog tables copied with a dataset the destination lacks.
@@ -205,7 +205,7 @@ def merge_stores(
 ) -> MergeReport:  # fmt: skip
     """Copy ``source``'s complete arrays (and what they need) into ``destination`` (module doc)."""
     planned = {info.dataset for info in source.list_arrays() if _chosen(info.dataset, datasets)}
-    with extraction_locks(destination.path, sorted(planned)):
+    with dataset_locks(destination.path, sorted(planned), doing="embedstore merge"):
         plan = plan_merge(destination, source, models, datasets, trust_rows=trust_rows)
         copied: list[str] = []
         try:

@@ -1,7 +1,7 @@
 """Removing arrays so that they can be extracted again (``embedstore rm``).
 
 Arrays of a dataset that an extraction is writing are not removed: the dataset's extraction lock
-(`embedstore.extract.lock`) is taken first, so ``rm`` refuses at once, naming the extraction, instead
+(`embedstore.store.locks`) is taken first, so ``rm`` refuses at once, naming the extraction, instead
 of pulling arrays from under it. The indexes saved from a removed array (``embedstore index build``)
 go with it. Results stay unless asked for: the result rows stored for a removed array's (model,
 dataset) pair, which were computed from it or beside it, are counted, and deleted with ``results=True``.
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from embedstore.evaluate.indexes import delete_saved_indexes
-from embedstore.extract.lock import extraction_locks
 from embedstore.store import Store
+from embedstore.store.locks import dataset_locks
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def remove_arrays(
     """Delete the arrays matching every given filter (catalog rows, chunks and saved indexes), and
     with ``results`` the result rows of their (model, dataset) pairs."""
     datasets = sorted({info.dataset for info in store.list_arrays(dataset, model, name)})
-    with extraction_locks(store.path, datasets):
+    with dataset_locks(store.path, datasets, doing="embedstore rm"):
         infos = store.list_arrays(dataset, model, name)
         arrays = store.delete_arrays(dataset, model, name)
         indexes = sum(delete_saved_indexes(store, i.dataset, i.model, i.name) for i in infos)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embedstore.extract.lock import extraction_locks
+from embedstore.store.locks import dataset_locks
 from embedstore_cli.main import cli
 
 
@@ -210,9 +210,9 @@ def test_rm_takes_the_saved_indexes_along_and_waits_for_no_extraction(run, tmp_p
         run("index", "build", "--model", model, "--dataset", "ds", "--kind", "flat")
     indexes = tmp_path / "store" / "indexes"
     assert len(list(indexes.rglob("*.json"))) == 2
-    with extraction_locks(tmp_path / "store", ["ds"]):
+    with dataset_locks(tmp_path / "store", ["ds"], doing="embedstore extract"):
         refused = run("rm", "--model", "m1", "--yes", ok=False)
-    assert refused.exit_code == 1 and "dataset ds of store" in refused.output and "is being extracted by" in refused.output
+    assert refused.exit_code == 1 and "dataset ds of store" in refused.output and "is being written by process" in refused.output
     assert len(json.loads(run("ls", "--json").output)["arrays"]) == 2 and len(list(indexes.rglob("*.json"))) == 2
     assert "deleted 1 array(s) and 1 saved index(es)" in run("rm", "--model", "m1", "--yes").output
     assert [p.parent.name for p in indexes.rglob("*.json")] == ["m2"]

@@ -33,6 +33,7 @@ from embedstore.evaluate.common import (
     usable_rows,
 )
 from embedstore.store import Store
+from embedstore.store.locks import dataset_locks
 from embedstore.store.store import check_prompt_set_name
 
 
@@ -136,13 +137,23 @@ def add_templates(
 ) -> AddedTemplates:  # fmt: skip
     """Define prompt set ``name`` of ``dataset`` and encode the templates new to it for every CLIP model
     that has ``text_emb`` on it (or ``models``): only the text tower runs, images are never touched.
-    A model whose weights differ from the stored fingerprint is refused."""
-    from embedstore.extract.text import encode_class_templates
-    from embedstore.models import load_model
-
+    A model whose weights differ from the stored fingerprint is refused. The dataset's lock is held
+    throughout (`embedstore.store.locks`): no extraction, import or other ``prompts add`` writes its
+    ``text_emb`` meanwhile."""
     templates = validate_templates(list(templates))
     check_prompt_set_name(name)
     info = store.dataset_info(dataset)
+    with dataset_locks(store.path, [dataset], doing="embedstore prompts add"):
+        return _add_templates(store, dataset, info, name, templates, models, device, batch_size, log)
+
+
+def _add_templates(
+    store: Store, dataset: str, info: dict, name: str, templates: list[str], models: Sequence[str] | None,
+    device: str, batch_size: int, log: Callable[[str], None],
+) -> AddedTemplates:  # fmt: skip
+    from embedstore.extract.text import encode_class_templates
+    from embedstore.models import load_model
+
     before = store.templates(dataset)
     new = [t for t in dict.fromkeys(templates) if t not in before]
     with_text = [a.model for a in store.list_arrays(dataset=dataset, name="text_emb")]

@@ -38,13 +38,13 @@ import embedstore
 from embedstore.errors import DatasetError, EmbedstoreError, StoreError
 from embedstore.extract.decode import DecodeOptions
 from embedstore.extract.distributed import Ranks, ranks_from_env
-from embedstore.extract.lock import extraction_locks
 from embedstore.extract.plan import DatasetPlan, Plan
 from embedstore.extract.reader import PreparedBatch, batch_tasks, iterate_prepared
 from embedstore.extract.text import encode_class_templates, encode_texts
 from embedstore.extract.writer import ChunkAssembler, ChunkWriter
 from embedstore.store import Store, hash_object
 from embedstore.store.arrays import StoreArray
+from embedstore.store.locks import dataset_locks
 
 EXTRACTOR_VERSION = 1  # bump when a change alters what is written for the same inputs
 TEXT_CHUNK_ROWS = 256
@@ -295,13 +295,15 @@ def _remove_new_store(path: Path, *, keep_folder: bool) -> None:
 
 @contextlib.contextmanager
 def _dataset_locks(store: Store, plan: Plan, ranks: Ranks) -> Iterator[None]:
-    """Rank 0 holds the plan's dataset locks (`embedstore.extract.lock`) for every rank; a refusal
+    """Rank 0 holds the plan's dataset locks (`embedstore.store.locks`) for every rank; a refusal
     is raised on every rank, so that none waits at a barrier rank 0 never reaches."""
     with contextlib.ExitStack() as held:
         refusal = None
         if ranks.is_main:
             try:
-                held.enter_context(extraction_locks(store.path, [d.name for d in plan.datasets]))
+                held.enter_context(
+                    dataset_locks(store.path, [d.name for d in plan.datasets], doing="embedstore extract")
+                )
             except StoreError as exc:
                 refusal = str(exc)
         refusal = ranks.broadcast(refusal)

@@ -21,6 +21,7 @@ import numpy as np
 
 from embedstore.errors import StoreError
 from embedstore.store.fingerprint import hash_object
+from embedstore.store.locks import dataset_locks
 from embedstore.store.store import Store, stored_model_id
 
 EXPORT_FORMATS = ("npy", "h5", "parquet")
@@ -211,10 +212,18 @@ def import_array(
     if str(data.dtype) not in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool"):
         raise StoreError(f"{path} holds dtype {data.dtype}, which a store cannot keep")
     check_importable(store, model, name, path, data, keys)
+    with dataset_locks(store.path, [dataset], doing="embedstore import"):
+        return _write_import(store, dataset, model, name, Path(path), data, keys)
+
+
+def _write_import(
+    store: Store, dataset: str, model: str, name: str, path: Path, data: np.ndarray, keys: list[str]
+) -> tuple[int, ...]:
+    """Register what the import needs and write the rows in the dataset's sample order (lock held)."""
     known = store.query("SELECT name FROM datasets WHERE name = ?", [dataset])
     if not known:
         samples = [_ImportedSample(row=i, key=k) for i, k in enumerate(keys)]
-        store.register_dataset(_ImportedDataset(name=dataset, samples=samples, source=Path(path).name))
+        store.register_dataset(_ImportedDataset(name=dataset, samples=samples, source=path.name))
     table = store.sample_table(dataset)
     position = {str(k): i for i, k in enumerate(table["key"])}
     missing = [k for k in keys if k not in position]
@@ -227,11 +236,11 @@ def import_array(
     rows[order] = data
     if not store.query("SELECT model_id FROM models WHERE model_id = ?", [model]):
         store.register_model({"model_id": model, "kind": "imported", "library": "import",
-                              "fingerprint": _file_hash(Path(path))})  # fmt: skip
+                              "fingerprint": _file_hash(path)})  # fmt: skip
     fingerprints = {
         "dataset": store.dataset_info(dataset)["fingerprint"],
         "model": store.model_info(model)["fingerprint"],
-        "settings": hash_object({"source": "import", "file": Path(path).name}),
+        "settings": hash_object({"source": "import", "file": path.name}),
     }
     arr = store.open_array_writer(
         dataset, model, name, shape=rows.shape, dtype=str(rows.dtype), chunk_rows=IMPORT_CHUNK_ROWS,

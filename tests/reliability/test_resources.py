@@ -8,7 +8,7 @@
   extraction; against a lock held past ``EMBEDSTORE_LOCK_TIMEOUT`` it fails with one clear line
   (``tests/test_store_concurrency.py`` checks the same at the ``Store``/``Catalog`` level).
 - Two extractions: a second extraction of a dataset that is being extracted refuses at once, naming
-  the holder's pid (``embedstore/extract/lock.py``); extractions of different datasets into one
+  the holder's pid (``embedstore/store/locks.py``); extractions of different datasets into one
   store run side by side.
 """
 
@@ -29,8 +29,8 @@ import zarr.storage
 from click.testing import CliRunner
 from reliability_support import TINY_CLIP, TINY_TIMM, extract_argv
 
-from embedstore.extract.lock import lock_path
 from embedstore.store import Store
+from embedstore.store.locks import lock_path
 from embedstore_cli.extract_command import extract_command
 from embedstore_cli.store_commands import ls_command
 
@@ -184,7 +184,7 @@ def test_a_second_extraction_of_a_dataset_refuses_naming_the_first(extraction_se
     assert code == 1, output
     refusal = [line for line in output.splitlines() if line.startswith("Error:")]
     assert (
-        len(refusal) == 1 and f"dataset shapes of store {path} is being extracted by process {first.pid}" in refusal[0]
+        len(refusal) == 1 and f"dataset shapes of store {path} is being written by process {first.pid}" in refusal[0]
     )
     assert extraction_server.wait(first) == 0, first.output()
     store = Store.open(path)

@@ -1,0 +1,161 @@
+"""Finding and removing what no catalog row points to (``embedstore gc``).
+
+A store is its catalog: an array folder, a saved index or a lock file that the catalog does not name
+is never read, but it keeps its disk space. Such leftovers come from work that was cut short:
+
+- ``array``: an array folder without an ``arrays`` row. A merge killed outright after copying
+  (its catalog rows go in last), an extraction killed between creating an array and registering it,
+  a ``prompts add`` killed between writing the new ``text_emb`` beside the old one and switching to
+  it, or the old one after the switch when the deletion did not happen.
+- ``empty folder``: a dataset or model folder of the arrays root holding no array (``rm`` leaves
+  them; the next extraction makes them again).
+- ``saved index``: an index saved under ``STORE/indexes`` whose array is no longer in the catalog
+  (``embedstore index ls`` shows them as ``no array``), with its sidecar.
+- ``lock file``: a dataset lock file (`embedstore.store.locks`) that no process holds, left by a
+  holder that was killed.
+
+Every dataset folder is swept while holding that dataset's lock, and the catalog is read again
+under it, so nothing an extraction, merge, import, ``rm`` or ``prompts add`` is writing is touched:
+a folder whose lock another process holds is skipped and reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedstore.errors import StoreError
+from embedstore.evaluate.indexes import INDEXES_DIR, NO_ARRAY, list_saved_indexes
+from embedstore.index.sidecar import sidecar_path
+from embedstore.store import Store
+from embedstore.store.locks import LOCK_PREFIX, LOCK_SUFFIX, folder_lock, folder_lock_path, lock_holder
+
+GROUP_METADATA = "zarr.json"
+
+
+@dataclass(frozen=True)
+class Leftover:
+    kind: str  # "array" | "empty folder" | "saved index" | "lock file"
+    path: str  # relative to the arrays root for arrays and folders, to the store for the others
+    bytes: int
+
+
+@dataclass
+class Sweep:
+    """What ``gc`` found (and removed, unless ``dry_run``), and the dataset folders it left alone."""
+
+    dry_run: bool
+    leftovers: list[Leftover] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # dataset folder -> why
+
+    @property
+    def bytes(self) -> int:
+        return sum(leftover.bytes for leftover in self.leftovers)
+
+
+def sweep_store(store: Store, *, dry_run: bool = False) -> Sweep:
+    """Find every leftover of ``store`` (see the module docstring) and remove it unless ``dry_run``."""
+    if not dry_run and store.readonly:
+        raise StoreError(f"store at {store.path} was opened read-only; gc needs to write")
+    sweep = Sweep(dry_run)
+    for folder in _dataset_folders(store):
+        with _folder_held(store, folder, sweep) as held:
+            if held:
+                _sweep_folder(store, folder, sweep)
+    if not dry_run:
+        _remove_if_empty(store.path / INDEXES_DIR)
+    return sweep
+
+
+def _dataset_folders(store: Store) -> list[str]:
+    """Dataset folder names seen anywhere: the arrays root, the index folder, the lock files."""
+    folders = {name for name in store.arrays.entries() if name != GROUP_METADATA}
+    indexes = store.path / INDEXES_DIR
+    if indexes.is_dir():
+        folders |= {p.name for p in indexes.iterdir() if p.is_dir()}
+    for lock in store.path.glob(f"{LOCK_PREFIX}*{LOCK_SUFFIX}"):
+        folders.add(lock.name.removeprefix(LOCK_PREFIX).removesuffix(LOCK_SUFFIX))
+    return sorted(folders)
+
+
+@contextmanager
+def _folder_held(store: Store, folder: str, sweep: Sweep) -> Iterator[bool]:
+    """Hold the folder's dataset lock for the block (a dry run only checks that nobody holds it);
+    yields False, recording why, when another process holds it. A lock file nobody held is a
+    leftover: taking and releasing the lock removes it."""
+    lock = folder_lock_path(store.path, folder)
+    holder = lock_holder(lock)
+    if holder is not None:
+        sweep.skipped[folder] = f"being written by {holder}"
+        yield False
+        return
+    stale = lock.is_file()
+    if sweep.dry_run:
+        if stale:
+            sweep.leftovers.append(Leftover("lock file", lock.name, lock.stat().st_size))
+        yield True
+        return
+    try:
+        with folder_lock(store.path, folder, doing="embedstore gc"):
+            if stale:
+                sweep.leftovers.append(Leftover("lock file", lock.name, 0))
+            yield True
+    except StoreError as refused:  # a writer took it after the check above
+        sweep.skipped[folder] = str(refused)
+        yield False
+
+
+def _sweep_folder(store: Store, folder: str, sweep: Sweep) -> None:
+    registered = {info.path for info in store.list_arrays() if info.path.startswith(f"{folder}/")}
+    kept_models = 0
+    for model in _children(store, folder):
+        kept_arrays = 0
+        for name in _children(store, f"{folder}/{model}"):
+            path = f"{folder}/{model}/{name}"
+            if path in registered:
+                kept_arrays += 1
+            else:
+                _remove_tree(store, sweep, "array", path)
+        if kept_arrays:
+            kept_models += 1
+        else:
+            _remove_tree(store, sweep, "empty folder", f"{folder}/{model}")
+    if not kept_models and folder in store.arrays.entries():
+        _remove_tree(store, sweep, "empty folder", folder)
+    _sweep_indexes(store, folder, sweep)
+
+
+def _children(store: Store, prefix: str) -> list[str]:
+    return sorted(name for name in store.arrays.list_dir(prefix) if name != GROUP_METADATA)
+
+
+def _remove_tree(store: Store, sweep: Sweep, kind: str, path: str) -> None:
+    sweep.leftovers.append(Leftover(kind, path, store.arrays.tree_bytes(path)))
+    if not sweep.dry_run:
+        store.arrays.delete_prefix(path)
+
+
+def _sweep_indexes(store: Store, folder: str, sweep: Sweep) -> None:
+    base = store.path / INDEXES_DIR / folder
+    if not base.is_dir():
+        return
+    for saved in list_saved_indexes(store):
+        if saved.status != NO_ARRAY or saved.path.parent.parent != base:
+            continue
+        files = [f for f in (saved.path, sidecar_path(saved.path)) if f.is_file()]
+        size = sum(f.stat().st_size for f in files)
+        sweep.leftovers.append(Leftover("saved index", str(saved.path.relative_to(store.path)), size))
+        if not sweep.dry_run:
+            for f in files:
+                f.unlink()
+    if not sweep.dry_run:
+        for model_folder in [p for p in base.iterdir() if p.is_dir()]:
+            _remove_if_empty(model_folder)
+        _remove_if_empty(base)
+
+
+def _remove_if_empty(path: Path) -> None:
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()

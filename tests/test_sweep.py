@@ -1,0 +1,89 @@
+"""`embedstore gc` (embedstore.sweep): leftovers no catalog row points to are found, listed by a dry
+run, removed by a real one, and nothing registered or being written is touched."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from store_support import put_array
+
+from embedstore.evaluate.indexes import build_saved_index, list_saved_indexes
+from embedstore.index.spec import IndexSpec
+from embedstore.sources import open_dataset
+from embedstore.store import Store
+from embedstore.store.locks import dataset_locks, folder_lock_path
+from embedstore.sweep import sweep_store
+from embedstore_cli.main import cli
+
+
+@pytest.fixture
+def littered(store: Store) -> Store:
+    """A store with two registered arrays and one leftover of each kind."""
+    store.register_dataset(open_dataset("shapes", "synthetic:shapes?n=8&seed=0"))
+    rng = np.random.default_rng(0)
+    for model in ("m1", "m2"):
+        store.register_model({"model_id": model, "kind": "clip", "fingerprint": model})
+        put_array(store, "shapes", model, "image_emb", rng.normal(size=(8, 4)).astype(np.float32))
+    arrays = store.arrays
+    arrays.copy_tree_from(arrays, "shapes/m1/image_emb", "shapes/m1/image_emb~0badf00d")  # a cut-short rewrite
+    arrays.copy_tree_from(arrays, "shapes/m1/image_emb", "gone/m9/image_emb")  # a killed merge's copy
+    build_saved_index(store, "shapes", "m2", "image_emb", IndexSpec(kind="flat"), device="cpu")
+    store.delete_arrays("shapes", "m2", "image_emb")  # leaves its model folder and its saved index
+    folder_lock_path(store.path, "shapes").write_text('{"pid": 1, "host": "gone", "started": "then"}')
+    return store
+
+
+def test_a_dry_run_lists_every_leftover_and_removes_nothing(littered):
+    files_before = sorted(p for p in littered.path.rglob("*"))
+    sweep = sweep_store(littered, dry_run=True)
+    found = sorted((x.kind, x.path.removesuffix(".faiss").removesuffix(".npy")) for x in sweep.leftovers)
+    assert found == [
+        ("array", "gone/m9/image_emb"),
+        ("array", "shapes/m1/image_emb~0badf00d"),
+        ("empty folder", "gone"),
+        ("empty folder", "gone/m9"),
+        ("empty folder", "shapes/m2"),
+        ("lock file", ".extract-shapes.lock"),
+        ("saved index", "indexes/shapes/m2/image_emb.flat"),  # .faiss or .npy, as the backend saved it
+    ]
+    assert sweep.bytes > 8 * 4 * 4 and not sweep.skipped
+    assert sorted(p for p in littered.path.rglob("*")) == files_before
+
+
+def test_gc_removes_the_leftovers_and_keeps_what_the_catalog_names(littered):
+    kept = littered.read_array("shapes", "m1", "image_emb")
+    sweep = sweep_store(littered)
+    assert len(sweep.leftovers) == 7
+    root = littered.path / "arrays.zarr"
+    assert sorted(p.name for p in root.iterdir()) == ["shapes", "zarr.json"]
+    assert sorted(p.name for p in (root / "shapes").iterdir()) == ["m1", "zarr.json"]
+    assert sorted(p.name for p in (root / "shapes" / "m1").iterdir()) == ["image_emb", "zarr.json"]
+    assert not (littered.path / "indexes").exists() and list_saved_indexes(littered) == []
+    assert not list(littered.path.glob(".extract-*.lock"))
+    np.testing.assert_array_equal(littered.read_array("shapes", "m1", "image_emb"), kept)
+    assert sweep_store(littered).leftovers == []  # nothing left the second time
+
+
+def test_a_dataset_being_written_is_skipped_naming_its_writer(littered):
+    with dataset_locks(littered.path, ["shapes"], doing="embedstore extract"):
+        for dry_run in (True, False):
+            sweep = sweep_store(littered, dry_run=dry_run)
+            assert "embedstore extract" in sweep.skipped["shapes"]
+            assert {x.path for x in sweep.leftovers} == {"gone", "gone/m9", "gone/m9/image_emb"}
+        assert (littered.path / "arrays.zarr" / "shapes" / "m1" / "image_emb~0badf00d").is_dir()
+
+
+def test_gc_command_dry_run_then_json(littered):
+    runner = CliRunner()
+    dry = runner.invoke(cli, ["gc", "--store", str(littered.path), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "shapes/m1/image_emb~0badf00d" in dry.output and "would remove 7 leftover(s)" in dry.output
+    done = runner.invoke(cli, ["gc", "--store", str(littered.path), "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert report["dry_run"] is False and len(report["leftovers"]) == 7 and report["skipped"] == {}
+    again = runner.invoke(cli, ["gc", "--store", str(littered.path)])
+    assert again.exit_code == 0 and "removed 0 leftover(s), 0.0 MiB" in again.output
