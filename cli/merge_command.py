@@ -50,3 +50,7 @@ def merge_command(
     for dataset in plan.relabelled:
         click.echo(f"{dataset}: fingerprints differ but classes and rows agree (--trust-rows): the copied arrays "
                    "take this store's dataset fingerprint")  # fmt: skip
+    for dataset, templates in plan.adopted_templates.items():
+        took = "would take" if dry_run else "took"
+        click.echo(f"{dataset}: this store held no text_emb of it and {took} the {len(templates)} templates of "
+                   f"{source} (its prompt sets point at the same template texts)")  # fmt: skip

@@ -16,7 +16,8 @@ What is copied from the source store, for the models and datasets chosen (globs;
 
 Refused before anything is written, naming the reason: a dataset both stores hold with different
 fingerprints; ``text_emb`` of a dataset whose template lists differ (its template axis would not
-line up); a model both hold with different weights; an array both hold that is not the same complete
+line up), unless the destination holds no ``text_emb`` of that dataset and each of its templates is
+in the source's list: it then takes the source's list, its prompt sets renumbered; a model both hold with different weights; an array both hold that is not the same complete
 array (same fingerprints) in the destination. An array the destination already holds complete with
 the same fingerprints is skipped.
 
@@ -63,6 +64,8 @@ class MergePlan:
     shared_datasets: list[str] = field(default_factory=list)
     relabelled: dict[str, str] = field(default_factory=dict)
     """Shared datasets accepted by ``trust_rows``: name -> the destination's dataset fingerprint."""
+    adopted_templates: dict[str, list[str]] = field(default_factory=dict)
+    """Shared datasets whose template list the destination takes from the source (`_check_templates`)."""
     bytes: int = 0
 
 
@@ -112,13 +115,7 @@ def plan_merge(
             _check_model(destination, source, info.model, plan)
             checked_models.add(info.model)
         if info.name == "text_emb" and info.dataset in plan.shared_datasets:
-            ours, theirs = destination.templates(info.dataset), source.templates(info.dataset)
-            if ours != theirs:
-                raise StoreError(
-                    f"dataset {info.dataset} has {len(theirs)} templates in {source.path} and {len(ours)} in "
-                    f"{destination.path}, not the same list: text_emb's template axis would not line up "
-                    f"(`embedstore prompts add` can make them equal, or leave text_emb out with --dataset/--model)"
-                )
+            _check_templates(destination, source, info.dataset, plan)
         present = destination.list_arrays(info.dataset, info.model, info.name)
         if present:
             ours = present[0]
@@ -132,6 +129,29 @@ def plan_merge(
         plan.arrays.append(info)
         plan.bytes += source.arrays.tree_bytes(info.path)
     return plan
+
+
+def _check_templates(destination: Store, source: Store, dataset: str, plan: MergePlan) -> None:
+    """``text_emb`` of a shared dataset needs one template list in both stores. When the destination
+    holds no ``text_emb`` of the dataset and each of its templates is in the source's list, it takes
+    the source's list (its prompt sets are renumbered by template text); else refused."""
+    ours, theirs = destination.templates(dataset), source.templates(dataset)
+    if ours == theirs or dataset in plan.adopted_templates:
+        return
+    missing = [t for t in ours if t not in theirs]
+    if not destination.list_arrays(dataset, name="text_emb") and not missing:
+        plan.adopted_templates[dataset] = theirs
+        return
+    why = (
+        f"{len(missing)} of its templates are not in {source.path} (e.g. {missing[0]!r})" if missing
+        else f"it holds text_emb of dataset {dataset} for other models"
+    )  # fmt: skip
+    raise StoreError(
+        f"dataset {dataset} has {len(theirs)} templates in {source.path} and {len(ours)} in {destination.path}, "
+        f"not the same list, and {destination.path} cannot take the source's list: {why}. text_emb's template "
+        f"axis would not line up (`embedstore prompts add` can make them equal, or leave text_emb out with "
+        f"--dataset/--model)"
+    )
 
 
 def _unfinished(source: Store, info: ArrayInfo) -> str | None:
@@ -224,7 +244,12 @@ def merge_stores(
 
 def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tuple[int, int, int]:
     """Insert the plan's catalog rows in one transaction; returns (results, bad samples, prompt sets) added."""
-    same_templates = [d for d in plan.shared_datasets if destination.templates(d) == source.templates(d)]
+    same_templates = [
+        d
+        for d in plan.shared_datasets
+        if d in plan.adopted_templates or destination.templates(d) == source.templates(d)
+    ]
+    renumbered = {d: _renumbered_prompt_sets(destination, d, theirs) for d, theirs in plan.adopted_templates.items()}
     held_sets = {(r["dataset"], r["name"]) for r in destination.query("SELECT DISTINCT dataset, name FROM prompt_sets")}
     copied = {(i.dataset, i.model, i.name) for i in plan.arrays}
     pairs = {(i.model, i.dataset) for i in plan.arrays}
@@ -256,6 +281,12 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
         arrays = arrays.set_column(arrays.schema.get_field_index(column), column, pa.array(values, pa.string()))
     tables["arrays"] = arrays
     with destination.catalog.write() as con:
+        for dataset, theirs in plan.adopted_templates.items():
+            con.execute("DELETE FROM templates WHERE dataset = ?", [dataset])
+            con.executemany("INSERT INTO templates VALUES (?, ?, ?)", [(dataset, i, t) for i, t in enumerate(theirs)])
+            con.execute("DELETE FROM prompt_sets WHERE dataset = ?", [dataset])
+            if renumbered[dataset]:
+                con.executemany("INSERT INTO prompt_sets VALUES (?, ?, ?, ?)", renumbered[dataset])
         added = {table: _insert(con, table, tables[table]) for table in (*DATASET_TABLES, "models", "arrays")}
         new_rows_only = 'NOT EXISTS (SELECT 1 FROM bad_samples t WHERE t.dataset = i.dataset AND t."row" = i."row")'
         bad = added["bad_samples"] + _insert(con, "bad_samples", shared_bad, new_rows_only)
@@ -266,6 +297,17 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
                           "t.params_hash = i.params_hash)")  # fmt: skip
     copied_sets = [*tables["prompt_sets"].to_pylist(), *shared_sets.to_pylist()]
     return results, bad, len({(r["dataset"], r["name"]) for r in copied_sets})
+
+
+def _renumbered_prompt_sets(destination: Store, dataset: str, templates: list[str]) -> list[tuple]:
+    """The destination's ``prompt_sets`` rows of ``dataset`` pointing into ``templates`` instead of
+    its own template list (each of its templates is in ``templates``: `_check_templates`)."""
+    ours = destination.templates(dataset)
+    return [
+        (dataset, name, position, templates.index(ours[index]))
+        for name, indices in destination.prompt_sets(dataset).items()
+        for position, index in enumerate(indices)
+    ]
 
 
 def _insert(con, table: str, rows: pa.Table, condition: str | None = None) -> int:

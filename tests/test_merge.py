@@ -128,6 +128,37 @@ def test_what_differs_is_refused_and_the_destination_is_unchanged(source, tiny_s
     assert [r["name"] for r in destination.query("SELECT name FROM datasets ORDER BY name")] == ["shapes", "shapes-v2"]
 
 
+def test_a_destination_without_text_emb_takes_the_source_template_list(source, tiny_store_template, tmp_path):
+    """The destination knows two of the source's eight templates, in another order, and holds no text_emb
+    of the dataset: it takes the source's list, its prompt sets point at the same template texts."""
+    theirs = source.templates("shapes")
+    destination = _copy(tiny_store_template, tmp_path / "destination")
+    destination.delete_arrays(dataset="shapes", model=CLIP)
+    destination.delete_arrays(dataset="shapes", model=CLIP_1)
+    with destination.catalog.write() as con:
+        con.execute("DELETE FROM templates WHERE dataset = 'shapes'")
+        con.execute("DELETE FROM prompt_sets WHERE dataset = 'shapes'")
+        con.executemany("INSERT INTO templates VALUES ('shapes', ?, ?)", [(0, theirs[2]), (1, theirs[0])])
+        con.executemany("INSERT INTO prompt_sets VALUES ('shapes', ?, ?, ?)",
+                        [("default", 0, 1), ("default", 1, 0), ("mine", 0, 0)])  # fmt: skip
+    source.add_prompt_set("shapes", "theirs", [theirs[7]])
+    report = merge_stores(destination, source, models=[CLIP], datasets=["shapes"])
+    assert report.plan.adopted_templates == {"shapes": theirs}
+    assert destination.templates("shapes") == theirs
+    sets = destination.prompt_sets("shapes")
+    assert sets["default"] == [0, 2] and sets["mine"] == [2] and sets["theirs"] == [7]  # the destination's default kept
+    mine = run_zeroshot(destination, [CLIP], ["shapes"], templates=[2])[0].result.metrics()
+    assert mine == run_zeroshot(source, [CLIP], ["shapes"], templates=[2])[0].result.metrics()
+
+    other = _copy(tiny_store_template, tmp_path / "other")
+    other.delete_arrays(dataset="shapes", model=CLIP)
+    other.delete_arrays(dataset="shapes", model=CLIP_1)
+    with other.catalog.write() as con:
+        con.execute("INSERT INTO templates VALUES ('shapes', 8, 'a sculpture of a {c}.')")
+    with pytest.raises(StoreError, match="cannot take the source's list: 1 of its templates are not in"):
+        merge_stores(other, source, models=[CLIP], datasets=["shapes"])
+
+
 def test_unfinished_or_missing_arrays_stay_behind(source, tmp_path):
     def array_folder(dataset: str, model: str, name: str):
         return source.path / "arrays.zarr" / source.list_arrays(dataset, model, name)[0].path
