@@ -77,3 +77,14 @@ def test_a_snapshot_answers_a_repeated_read_once_and_hands_out_copies(store, mon
     monkeypatch.undo()
     assert store.model_info("m")["kind"] == "classifier"
     store.sample_table("ds")["label"][0] = 5  # outside a snapshot each call reads afresh, writable
+
+
+def test_queries_are_remembered_by_the_exact_parameters(store):
+    store.register_model({"model_id": "m", "kind": "clip", "fingerprint": "f"})
+    sql = "SELECT count(*) AS n FROM models WHERE model_id IN (SELECT unnest(?::VARCHAR[]))"
+    long_a, long_b = [f"x{i}" for i in range(2000)], [f"x{i}" for i in range(2000)]
+    long_b[1000] = "m"  # equal to long_a but for one entry in the middle
+    with store.catalog.snapshot():
+        assert store.query(sql, [long_a])[0]["n"] == 0
+        assert store.query(sql, [long_b])[0]["n"] == 1
+        assert store.query("SELECT ? AS v", [1])[0]["v"] == 1 and store.query("SELECT ? AS v", [True])[0]["v"] is True

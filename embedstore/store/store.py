@@ -756,7 +756,8 @@ class Store:
                 cursor = con.execute(sql, params or [])
                 return [tuple(d[0] for d in cursor.description), *cursor.fetchall()]
 
-        columns, *rows = self.catalog.remembered(("query", sql, repr(params)), run)
+        key = _params_key(params)
+        columns, *rows = run() if key is None else self.catalog.remembered(("query", sql, key), run)
         return [dict(zip(columns, row)) for row in rows]
 
     def sql(self, statement: str) -> pa.Table:
@@ -785,6 +786,23 @@ def arrow_table(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] 
     fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
     table = fetch()
     return table if isinstance(table, pa.Table) else table.read_all()
+
+
+def _params_key(params: Sequence[Any] | None) -> tuple | None:
+    """Query parameters as a key for ``Catalog.remembered``, None for any that cannot be one (only
+    strings, Python numbers, None and lists of them are keys; their types are part of the key)."""
+
+    def frozen(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(frozen(v) for v in value)
+        if value is None or type(value) in (str, int, float, bool):
+            return (type(value).__name__, value)
+        raise TypeError(value)
+
+    try:
+        return frozen(list(params or ()))
+    except TypeError:
+        return None
 
 
 def _executemany(con: duckdb.DuckDBPyConnection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
