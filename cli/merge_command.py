@@ -41,8 +41,8 @@ def merge_command(
     if rows:
         print_table(["dataset", "model", "array", "action"], rows)
     done = "would copy" if dry_run else "copied"
-    summary = (f"{done} {len(plan.arrays)} array(s), {plan.bytes / 2**20:.1f} MiB; new models: {len(plan.new_models)}, "
-               f"new datasets: {len(plan.new_datasets)}")  # fmt: skip
+    summary = (f"{done} {len(plan.arrays)} array(s), {plan.bytes / 2**20:.1f} MiB, {len(plan.indexes)} saved index(es); "
+               f"new models: {len(plan.new_models)}, new datasets: {len(plan.new_datasets)}")  # fmt: skip
     if not dry_run:
         summary += f"; added {report.results} result row(s), {report.bad_samples} bad sample row(s), " \
                    f"{report.prompt_sets} prompt set(s)"  # fmt: skip
@@ -51,6 +51,6 @@ def merge_command(
         click.echo(f"{dataset}: fingerprints differ but classes and rows agree (--trust-rows): the copied arrays "
                    "take this store's dataset fingerprint")  # fmt: skip
     for dataset, templates in plan.adopted_templates.items():
-        took = "would take" if dry_run else "took"
-        click.echo(f"{dataset}: this store held no text_emb of it and {took} the {len(templates)} templates of "
-                   f"{source} (its prompt sets point at the same template texts)")  # fmt: skip
+        took = "would append" if dry_run else "appended"
+        click.echo(f"{dataset}: this store held no text_emb of it and its templates begin {source}'s: {took} the "
+                   f"rest, {len(templates)} in all")  # fmt: skip

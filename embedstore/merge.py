@@ -12,14 +12,17 @@ What is copied from the source store, for the models and datasets chosen (globs;
 - for datasets both stores hold, the source's ``bad_samples`` rows and named prompt sets that the
   destination lacks;
 - ``results`` rows of the copied arrays' (model, dataset) pairs whose (model, dataset, analysis,
-  params) the destination lacks. Saved indexes are not copied: ``embedstore index build`` remakes them.
+  params) the destination lacks;
+- the indexes saved from the copied arrays (``embedstore index build``), after the catalog rows. An
+  index records the rows it was built from: where the destination's bad samples leave other rows
+  of the array usable, it is reported stale on use, as any index whose array changed.
 
 Refused before anything is written, naming the reason: a dataset both stores hold with different
 fingerprints; ``text_emb`` of a dataset whose template lists differ (its template axis would not
-line up), unless the destination holds no ``text_emb`` of that dataset and each of its templates is
-in the source's list: it then takes the source's list, its prompt sets renumbered; a model both hold with different weights; an array both hold that is not the same complete
-array (same fingerprints) in the destination. An array the destination already holds complete with
-the same fingerprints is skipped.
+line up), unless the destination holds no ``text_emb`` of that dataset and its list is the start of
+the source's: the source's further templates are then appended to it; a model both hold with
+different weights; an array both hold that is not the same complete array (same fingerprints) in the
+destination. An array the destination already holds complete with the same fingerprints is skipped.
 
 A dataset's fingerprint covers its files' sizes and modification times, so the same images copied to
 another machine without their times differ. ``trust_rows`` (``--trust-rows``) accepts such a dataset
@@ -38,13 +41,18 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from embedstore.errors import StoreError
+from embedstore.evaluate.indexes import index_path, saved_index_path
+from embedstore.index import INDEX_KINDS
+from embedstore.index.sidecar import sidecar_path
 from embedstore.store import ArrayInfo, Store, stored_model_id
 from embedstore.store.locks import dataset_locks
 from embedstore.store.store import arrow_table, insert_arrow
@@ -64,8 +72,10 @@ class MergePlan:
     shared_datasets: list[str] = field(default_factory=list)
     relabelled: dict[str, str] = field(default_factory=dict)
     """Shared datasets accepted by ``trust_rows``: name -> the destination's dataset fingerprint."""
+    indexes: list[tuple[Path, Path]] = field(default_factory=list)
+    """Saved indexes of the copied arrays: (file in the source, file in the destination)."""
     adopted_templates: dict[str, list[str]] = field(default_factory=dict)
-    """Shared datasets whose template list the destination takes from the source (`_check_templates`)."""
+    """Shared datasets whose template list the destination extends to the source's (`_check_templates`)."""
     bytes: int = 0
 
 
@@ -128,23 +138,45 @@ def plan_merge(
             continue
         plan.arrays.append(info)
         plan.bytes += source.arrays.tree_bytes(info.path)
+        plan.indexes += _saved_indexes(destination, source, info)
     return plan
+
+
+def _saved_indexes(destination: Store, source: Store, info: ArrayInfo) -> list[tuple[Path, Path]]:
+    """The source's saved indexes of an array, with where the copies go (the sidecar travels beside)."""
+    pairs = []
+    for kind in INDEX_KINDS:
+        found = saved_index_path(source, info.dataset, info.model, info.name, kind)
+        if found is not None and found.is_file():
+            payload = found.name.rsplit(".", 1)[1]
+            pairs.append((found, index_path(destination, info.dataset, info.model, info.name, kind, payload)))
+    return pairs
+
+
+def _copy_saved_indexes(plan: MergePlan) -> None:
+    """Copy each saved index, then its sidecar: an index is listed and loaded through its sidecar, so
+    a copy cut short is never taken for an index."""
+    for found, target in plan.indexes:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found, target)
+        shutil.copyfile(sidecar_path(found), sidecar_path(target))
 
 
 def _check_templates(destination: Store, source: Store, dataset: str, plan: MergePlan) -> None:
     """``text_emb`` of a shared dataset needs one template list in both stores. When the destination
-    holds no ``text_emb`` of the dataset and each of its templates is in the source's list, it takes
-    the source's list (its prompt sets are renumbered by template text); else refused."""
+    holds no ``text_emb`` of the dataset and its list is the start of the source's, it takes the
+    source's (the templates after its own are appended, so every template index stored in the
+    destination, in prompt sets and results alike, keeps its meaning); else refused."""
     ours, theirs = destination.templates(dataset), source.templates(dataset)
     if ours == theirs or dataset in plan.adopted_templates:
         return
-    missing = [t for t in ours if t not in theirs]
-    if not destination.list_arrays(dataset, name="text_emb") and not missing:
+    prefix = theirs[: len(ours)] == ours
+    if prefix and not destination.list_arrays(dataset, name="text_emb"):
         plan.adopted_templates[dataset] = theirs
         return
     why = (
-        f"{len(missing)} of its templates are not in {source.path} (e.g. {missing[0]!r})" if missing
-        else f"it holds text_emb of dataset {dataset} for other models"
+        f"it holds text_emb of dataset {dataset} for other models" if prefix
+        else f"its list is not the start of {source.path}'s, so its template indices would change meaning"
     )  # fmt: skip
     raise StoreError(
         f"dataset {dataset} has {len(theirs)} templates in {source.path} and {len(ours)} in {destination.path}, "
@@ -239,6 +271,7 @@ def merge_stores(
             for path in copied:
                 destination.arrays.delete_array(path)
             raise
+        _copy_saved_indexes(plan)
     return MergeReport(plan, *counts)
 
 
@@ -249,8 +282,13 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
         for d in plan.shared_datasets
         if d in plan.adopted_templates or destination.templates(d) == source.templates(d)
     ]
-    renumbered = {d: _renumbered_prompt_sets(destination, d, theirs) for d, theirs in plan.adopted_templates.items()}
     held_sets = {(r["dataset"], r["name"]) for r in destination.query("SELECT DISTINCT dataset, name FROM prompt_sets")}
+    appended = [  # the source's templates after the destination's own (`_check_templates`)
+        (dataset, index, template)
+        for dataset, theirs in plan.adopted_templates.items()
+        for index, template in enumerate(theirs)
+        if index >= len(destination.templates(dataset))
+    ]
     copied = {(i.dataset, i.model, i.name) for i in plan.arrays}
     pairs = {(i.model, i.dataset) for i in plan.arrays}
     tables: dict[str, pa.Table] = {}
@@ -281,12 +319,8 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
         arrays = arrays.set_column(arrays.schema.get_field_index(column), column, pa.array(values, pa.string()))
     tables["arrays"] = arrays
     with destination.catalog.write() as con:
-        for dataset, theirs in plan.adopted_templates.items():
-            con.execute("DELETE FROM templates WHERE dataset = ?", [dataset])
-            con.executemany("INSERT INTO templates VALUES (?, ?, ?)", [(dataset, i, t) for i, t in enumerate(theirs)])
-            con.execute("DELETE FROM prompt_sets WHERE dataset = ?", [dataset])
-            if renumbered[dataset]:
-                con.executemany("INSERT INTO prompt_sets VALUES (?, ?, ?, ?)", renumbered[dataset])
+        if appended:
+            con.executemany("INSERT INTO templates VALUES (?, ?, ?)", appended)
         added = {table: _insert(con, table, tables[table]) for table in (*DATASET_TABLES, "models", "arrays")}
         new_rows_only = 'NOT EXISTS (SELECT 1 FROM bad_samples t WHERE t.dataset = i.dataset AND t."row" = i."row")'
         bad = added["bad_samples"] + _insert(con, "bad_samples", shared_bad, new_rows_only)
@@ -297,17 +331,6 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
                           "t.params_hash = i.params_hash)")  # fmt: skip
     copied_sets = [*tables["prompt_sets"].to_pylist(), *shared_sets.to_pylist()]
     return results, bad, len({(r["dataset"], r["name"]) for r in copied_sets})
-
-
-def _renumbered_prompt_sets(destination: Store, dataset: str, templates: list[str]) -> list[tuple]:
-    """The destination's ``prompt_sets`` rows of ``dataset`` pointing into ``templates`` instead of
-    its own template list (each of its templates is in ``templates``: `_check_templates`)."""
-    ours = destination.templates(dataset)
-    return [
-        (dataset, name, position, templates.index(ours[index]))
-        for name, indices in destination.prompt_sets(dataset).items()
-        for position, index in enumerate(indices)
-    ]
 
 
 def _insert(con, table: str, rows: pa.Table, condition: str | None = None) -> int:

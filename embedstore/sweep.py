@@ -10,13 +10,15 @@ is never read, but it keeps its disk space. Such leftovers come from work that w
 - ``empty folder``: a dataset or model folder of the arrays root holding no array (``rm`` leaves
   them; the next extraction makes them again).
 - ``saved index``: an index saved under ``STORE/indexes`` whose array is no longer in the catalog
-  (``embedstore index ls`` shows them as ``no array``), with its sidecar.
+  (``embedstore index ls`` shows them as ``no array``), with its sidecar (their folders stay).
 - ``lock file``: a dataset lock file (`embedstore.store.locks`) that no process holds, left by a
   holder that was killed.
 
 Every dataset folder is swept while holding that dataset's lock, and the catalog is read again
 under it, so nothing an extraction, merge, import, ``rm`` or ``prompts add`` is writing is touched:
-a folder whose lock another process holds is skipped and reported.
+a folder whose lock another process holds is skipped and reported. A dry run takes no lock, but to
+see whether a lock file is held it takes and drops a free one, so a writer starting at that instant
+may be refused once. Files in the arrays tree (anything not a folder) are left alone.
 """
 
 from __future__ import annotations
@@ -24,15 +26,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from embedstore.errors import StoreError
 from embedstore.evaluate.indexes import INDEXES_DIR, NO_ARRAY, list_saved_indexes
 from embedstore.index.sidecar import sidecar_path
 from embedstore.store import Store
 from embedstore.store.locks import LOCK_PREFIX, LOCK_SUFFIX, folder_lock, folder_lock_path, lock_holder
-
-GROUP_METADATA = "zarr.json"
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,12 @@ def sweep_store(store: Store, *, dry_run: bool = False) -> Sweep:
         with _folder_held(store, folder, sweep) as held:
             if held:
                 _sweep_folder(store, folder, sweep)
-    if not dry_run:
-        _remove_if_empty(store.path / INDEXES_DIR)
     return sweep
 
 
 def _dataset_folders(store: Store) -> list[str]:
     """Dataset folder names seen anywhere: the arrays root, the index folder, the lock files."""
-    folders = {name for name in store.arrays.entries() if name != GROUP_METADATA}
+    folders = set(_children(store, ""))
     indexes = store.path / INDEXES_DIR
     if indexes.is_dir():
         folders |= {p.name for p in indexes.iterdir() if p.is_dir()}
@@ -91,16 +88,17 @@ def _folder_held(store: Store, folder: str, sweep: Sweep) -> Iterator[bool]:
         sweep.skipped[folder] = f"being written by {holder}"
         yield False
         return
-    stale = lock.is_file()
+    try:
+        stale: Leftover | None = Leftover("lock file", lock.name, lock.stat().st_size)
+    except FileNotFoundError:
+        stale = None
     if sweep.dry_run:
-        if stale:
-            sweep.leftovers.append(Leftover("lock file", lock.name, lock.stat().st_size))
+        sweep.leftovers += [stale] if stale else []
         yield True
         return
     try:
         with folder_lock(store.path, folder, doing="embedstore gc"):
-            if stale:
-                sweep.leftovers.append(Leftover("lock file", lock.name, 0))
+            sweep.leftovers += [stale] if stale else []
             yield True
     except StoreError as refused:  # a writer took it after the check above
         sweep.skipped[folder] = str(refused)
@@ -128,11 +126,17 @@ def _sweep_folder(store: Store, folder: str, sweep: Sweep) -> None:
 
 
 def _children(store: Store, prefix: str) -> list[str]:
-    return sorted(name for name in store.arrays.list_dir(prefix) if name != GROUP_METADATA)
+    """The folders under ``prefix`` of the arrays root (entries with entries of their own); files,
+    such as the group metadata or a stray ``.DS_Store``, are not ours to judge and are left alone."""
+    joined = f"{prefix}/" if prefix else ""
+    return sorted(name for name in store.arrays.list_dir(prefix) if store.arrays.list_dir(joined + name))
 
 
 def _remove_tree(store: Store, sweep: Sweep, kind: str, path: str) -> None:
-    sweep.leftovers.append(Leftover(kind, path, store.arrays.tree_bytes(path)))
+    """Record (and unless a dry run, delete) ``path``; its bytes leave out the leftovers under it
+    already recorded, so that a dry run adds up to what a real run frees."""
+    counted = sum(x.bytes for x in sweep.leftovers if x.path.startswith(f"{path}/"))
+    sweep.leftovers.append(Leftover(kind, path, store.arrays.tree_bytes(path) - (counted if sweep.dry_run else 0)))
     if not sweep.dry_run:
         store.arrays.delete_prefix(path)
 
@@ -150,12 +154,4 @@ def _sweep_indexes(store: Store, folder: str, sweep: Sweep) -> None:
         if not sweep.dry_run:
             for f in files:
                 f.unlink()
-    if not sweep.dry_run:
-        for model_folder in [p for p in base.iterdir() if p.is_dir()]:
-            _remove_if_empty(model_folder)
-        _remove_if_empty(base)
-
-
-def _remove_if_empty(path: Path) -> None:
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
+    # Empty index folders stay: `index build` takes no dataset lock and may be about to write there.

@@ -3,8 +3,11 @@ file connection is opened for them, and writes still go to the file."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from store_support import put_array
 
+from embedstore.errors import StoreError
 from embedstore.sources import open_dataset
 from embedstore.store import Store
 
@@ -88,3 +91,22 @@ def test_queries_are_remembered_by_the_exact_parameters(store):
         assert store.query(sql, [long_a])[0]["n"] == 0
         assert store.query(sql, [long_b])[0]["n"] == 1
         assert store.query("SELECT ? AS v", [1])[0]["v"] == 1 and store.query("SELECT ? AS v", [True])[0]["v"] is True
+
+
+def test_named_parameters_are_not_remembered(store):
+    with store.catalog.snapshot():
+        assert store.query("SELECT $v AS v", {"v": 1})[0]["v"] == 1
+        assert store.query("SELECT $v AS v", {"v": 2})[0]["v"] == 2
+
+
+def test_an_array_removed_during_a_snapshot_is_not_read_as_zeros(store):
+    """An opened array is kept for the snapshot only while its metadata file is the same one: removed
+    (or written anew) by another process meanwhile, it is opened again, and a removed one is refused."""
+    store.register_dataset(open_dataset("ds", "synthetic:shapes?n=6&seed=1"))
+    store.register_model({"model_id": "m", "kind": "clip", "fingerprint": "f"})
+    put_array(store, "ds", "m", "image_emb", np.ones((6, 4), dtype=np.float32))
+    with store.catalog.snapshot():
+        assert store.read_array("ds", "m", "image_emb").sum() == 24
+        store.arrays.delete_array(store.list_arrays("ds", "m", "image_emb")[0].path)  # as `rm` elsewhere
+        with pytest.raises(StoreError, match="does not exist"):
+            store.read_array("ds", "m", "image_emb")

@@ -11,7 +11,9 @@ from click.testing import CliRunner
 from imported_classifiers import register_rows_only_dataset
 
 from embedstore.errors import StoreError
+from embedstore.evaluate.indexes import build_saved_index, list_saved_indexes
 from embedstore.evaluate.zeroshot import run_zeroshot
+from embedstore.index.spec import IndexSpec
 from embedstore.merge import merge_stores, plan_merge
 from embedstore.store import Store
 from embedstore_cli.main import cli
@@ -75,6 +77,22 @@ def test_a_store_merged_into_an_empty_one_is_the_same_store(source, tmp_path):
     assert _catalog(destination) == _catalog(source)
 
 
+def test_saved_indexes_go_with_their_arrays(source, tmp_path):
+    build_saved_index(source, "shapes-captions", CLIP, "image_emb", IndexSpec(kind="flat"), device="cpu")
+    destination = Store.create(tmp_path / "destination")
+    assert len(plan_merge(destination, source).indexes) == 1
+    report = merge_stores(destination, source, datasets=["shapes-captions"])
+    assert len(report.plan.indexes) == 1
+    (saved,) = list_saved_indexes(destination, verify=True)
+    assert (saved.dataset, saved.model, saved.array, saved.kind, saved.status) == (
+        "shapes-captions",
+        CLIP,
+        "image_emb",
+        "flat",
+        "current",
+    )
+
+
 def test_models_extracted_into_two_stores_come_together(source, tiny_store_template, tmp_path):
     destination = _copy(tiny_store_template, tmp_path / "destination")
     destination.delete_arrays(model=CLIP_1)
@@ -128,35 +146,39 @@ def test_what_differs_is_refused_and_the_destination_is_unchanged(source, tiny_s
     assert [r["name"] for r in destination.query("SELECT name FROM datasets ORDER BY name")] == ["shapes", "shapes-v2"]
 
 
-def test_a_destination_without_text_emb_takes_the_source_template_list(source, tiny_store_template, tmp_path):
-    """The destination knows two of the source's eight templates, in another order, and holds no text_emb
-    of the dataset: it takes the source's list, its prompt sets point at the same template texts."""
+def test_a_destination_without_text_emb_takes_the_rest_of_the_source_template_list(
+    source, tiny_store_template, tmp_path
+):
+    """The destination knows the first two of the source's eight templates and holds no text_emb of the
+    dataset: the other six are appended, and every template index it stored keeps its meaning."""
     theirs = source.templates("shapes")
-    destination = _copy(tiny_store_template, tmp_path / "destination")
-    destination.delete_arrays(dataset="shapes", model=CLIP)
-    destination.delete_arrays(dataset="shapes", model=CLIP_1)
-    with destination.catalog.write() as con:
-        con.execute("DELETE FROM templates WHERE dataset = 'shapes'")
-        con.execute("DELETE FROM prompt_sets WHERE dataset = 'shapes'")
-        con.executemany("INSERT INTO templates VALUES ('shapes', ?, ?)", [(0, theirs[2]), (1, theirs[0])])
-        con.executemany("INSERT INTO prompt_sets VALUES ('shapes', ?, ?, ?)",
-                        [("default", 0, 1), ("default", 1, 0), ("mine", 0, 0)])  # fmt: skip
+
+    def destination_with(name: str, templates: list[str]) -> Store:
+        store = _copy(tiny_store_template, tmp_path / name)
+        store.delete_arrays(dataset="shapes", model=CLIP)
+        store.delete_arrays(dataset="shapes", model=CLIP_1)
+        with store.catalog.write() as con:
+            con.execute("DELETE FROM templates WHERE dataset = 'shapes'")
+            con.execute("DELETE FROM prompt_sets WHERE dataset = 'shapes'")
+            con.executemany("INSERT INTO templates VALUES ('shapes', ?, ?)", list(enumerate(templates)))
+            con.executemany("INSERT INTO prompt_sets VALUES ('shapes', ?, ?, ?)",
+                            [("default", 0, 0), ("default", 1, 1), ("mine", 0, 1)])  # fmt: skip
+        return store
+
     source.add_prompt_set("shapes", "theirs", [theirs[7]])
+    destination = destination_with("destination", theirs[:2])
     report = merge_stores(destination, source, models=[CLIP], datasets=["shapes"])
     assert report.plan.adopted_templates == {"shapes": theirs}
     assert destination.templates("shapes") == theirs
     sets = destination.prompt_sets("shapes")
-    assert sets["default"] == [0, 2] and sets["mine"] == [2] and sets["theirs"] == [7]  # the destination's default kept
-    mine = run_zeroshot(destination, [CLIP], ["shapes"], templates=[2])[0].result.metrics()
-    assert mine == run_zeroshot(source, [CLIP], ["shapes"], templates=[2])[0].result.metrics()
+    assert sets["default"] == [0, 1] and sets["mine"] == [1] and sets["theirs"] == [7]  # the destination's default kept
+    mine = run_zeroshot(destination, [CLIP], ["shapes"], prompt_set="mine")[0].result.metrics()
+    assert mine == run_zeroshot(source, [CLIP], ["shapes"], templates=[1])[0].result.metrics()
 
-    other = _copy(tiny_store_template, tmp_path / "other")
-    other.delete_arrays(dataset="shapes", model=CLIP)
-    other.delete_arrays(dataset="shapes", model=CLIP_1)
-    with other.catalog.write() as con:
-        con.execute("INSERT INTO templates VALUES ('shapes', 8, 'a sculpture of a {c}.')")
-    with pytest.raises(StoreError, match="cannot take the source's list: 1 of its templates are not in"):
-        merge_stores(other, source, models=[CLIP], datasets=["shapes"])
+    reordered = destination_with("reordered", [theirs[1], theirs[0]])
+    with pytest.raises(StoreError, match="cannot take the source's list: its list is not the start of"):
+        merge_stores(reordered, source, models=[CLIP], datasets=["shapes"])
+    assert reordered.templates("shapes") == [theirs[1], theirs[0]]
 
 
 def test_unfinished_or_missing_arrays_stay_behind(source, tmp_path):

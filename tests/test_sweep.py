@@ -33,6 +33,8 @@ def littered(store: Store) -> Store:
     build_saved_index(store, "shapes", "m2", "image_emb", IndexSpec(kind="flat"), device="cpu")
     store.delete_arrays("shapes", "m2", "image_emb")  # leaves its model folder and its saved index
     folder_lock_path(store.path, "shapes").write_text('{"pid": 1, "host": "gone", "started": "then"}')
+    for folder in ("", "shapes", "shapes/m1"):  # files a file browser leaves behind are not ours
+        (store.path / "arrays.zarr" / folder / ".DS_Store").write_bytes(b"x")
     return store
 
 
@@ -51,6 +53,7 @@ def test_a_dry_run_lists_every_leftover_and_removes_nothing(littered):
     ]
     assert sweep.bytes > 8 * 4 * 4 and not sweep.skipped
     assert sorted(p for p in littered.path.rglob("*")) == files_before
+    assert sweep.bytes == sweep_store(littered).bytes  # what a dry run adds up is what a real run frees
 
 
 def test_gc_removes_the_leftovers_and_keeps_what_the_catalog_names(littered):
@@ -58,10 +61,10 @@ def test_gc_removes_the_leftovers_and_keeps_what_the_catalog_names(littered):
     sweep = sweep_store(littered)
     assert len(sweep.leftovers) == 7
     root = littered.path / "arrays.zarr"
-    assert sorted(p.name for p in root.iterdir()) == ["shapes", "zarr.json"]
-    assert sorted(p.name for p in (root / "shapes").iterdir()) == ["m1", "zarr.json"]
-    assert sorted(p.name for p in (root / "shapes" / "m1").iterdir()) == ["image_emb", "zarr.json"]
-    assert not (littered.path / "indexes").exists() and list_saved_indexes(littered) == []
+    assert sorted(p.name for p in root.iterdir()) == [".DS_Store", "shapes", "zarr.json"]
+    assert sorted(p.name for p in (root / "shapes").iterdir()) == [".DS_Store", "m1", "zarr.json"]
+    assert sorted(p.name for p in (root / "shapes" / "m1").iterdir()) == [".DS_Store", "image_emb", "zarr.json"]
+    assert list_saved_indexes(littered) == [] and not [p for p in (littered.path / "indexes").rglob("*") if p.is_file()]
     assert not list(littered.path.glob(".extract-*.lock"))
     np.testing.assert_array_equal(littered.read_array("shapes", "m1", "image_emb"), kept)
     assert sweep_store(littered).leftovers == []  # nothing left the second time

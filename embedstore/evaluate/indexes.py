@@ -280,9 +280,10 @@ def list_saved_indexes(store: Store, *, verify: bool = False) -> list[SavedIndex
     owners = {(path_component(d), path_component(m)): (d, m) for d, m, _ in arrays}
     found = []
     for sidecar_file in sorted((store.path / INDEXES_DIR).glob("*/*/*.json")):
-        array, kind, payload = sidecar_file.name.removesuffix(".json").rsplit(".", 2)
-        if payload not in PAYLOADS or kind not in INDEX_KINDS:
-            continue
+        parts = sidecar_file.name.removesuffix(".json").rsplit(".", 2)
+        if len(parts) != 3 or parts[2] not in PAYLOADS or parts[1] not in INDEX_KINDS:
+            continue  # not a sidecar of ours
+        array, kind, payload = parts
         folders = (sidecar_file.parent.parent.name, sidecar_file.parent.name)
         dataset, model = owners.get(folders, folders)
         sidecar = IndexSidecar.read(sidecar_file)

@@ -130,6 +130,17 @@ class ZarrRoot:
     def exists(self, path: str) -> bool:
         return sync(self.kv.exists(f"{_inside_root(path)}/zarr.json"))
 
+    def metadata_stamp(self, path: str) -> tuple[int, int, int] | None:
+        """(inode, size, mtime) of a local array's metadata file: an array removed or written anew at
+        the same path has another one. None for remote roots and missing arrays."""
+        if self.local_root is None:
+            return None
+        try:
+            stat = os.stat(self.local_root / _inside_root(path) / "zarr.json")
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
     def create_array(
         self,
         path: str,

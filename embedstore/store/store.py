@@ -567,8 +567,9 @@ class Store:
 
     def _readable_array(self, dataset: str, model: str, name: str, allow_partial: bool) -> StoreArray:
         info = self._require_array(dataset, model, name)
-        if info.status == "complete":  # a finished array does not change: opened once per snapshot
-            arr = self.catalog.remembered(("array", info.path), lambda: self.arrays.open_array(info.path))
+        stamp = self.arrays.metadata_stamp(info.path) if info.status == "complete" else None
+        if stamp is not None:  # a finished array is opened once per snapshot, while its metadata file is the same
+            arr = self.catalog.remembered(("array", info.path, stamp), lambda: self.arrays.open_array(info.path))
         else:
             arr = self.arrays.open_array(info.path)
         if not allow_partial and info.status != "complete":
@@ -792,9 +793,12 @@ def _params_key(params: Sequence[Any] | None) -> tuple | None:
     """Query parameters as a key for ``Catalog.remembered``, None for any that cannot be one (only
     strings, Python numbers, None and lists of them are keys; their types are part of the key)."""
 
+    if isinstance(params, Mapping):  # named parameters
+        return None
+
     def frozen(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
-            return tuple(frozen(v) for v in value)
+            return (type(value).__name__, *(frozen(v) for v in value))
         if value is None or type(value) in (str, int, float, bool):
             return (type(value).__name__, value)
         raise TypeError(value)
