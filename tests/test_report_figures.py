@@ -497,3 +497,14 @@ def test_plot_command_errors_are_one_line(tiny_store, tmp_path):
         ["templates", "--store", str(tiny_store.path), "--out", str(tmp_path / "t.png"), "--prompt-set", "nosuch"],
     )
     assert result.exit_code == 1 and "prompt set 'nosuch' is defined on no dataset" in result.output, result.output
+
+
+def test_shape_bias_notes_a_dataset_whose_models_were_decided_by_different_routes(study_store):
+    store, _ = study_store
+    assert report_data.shape_bias_data(ReportData.load(store)).notes == ()  # one route for every model
+    clip = "openclip:embedstore-tiny@random:0"
+    store.put_results("shape_bias", [("shape_bias", 0.4)], params={"decisions": "zero-shot over 1000 ImageNet classes"},
+                      model=clip, dataset="shapes-cue-conflict")  # fmt: skip
+    (note,) = report_data.shape_bias_data(ReportData.load(store)).notes
+    assert note.startswith("shapes-cue-conflict mixes decision routes: ")
+    assert "; 1 model(s) by zero-shot over 1000 ImageNet classes" in note  # the others record no route

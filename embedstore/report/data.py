@@ -499,7 +499,23 @@ def shape_bias_data(data: ReportData) -> Sourced:
             _value(data, m, r.value) for (m, d, _), r in sorted(rows.items(), key=lambda kv: str(kv[0])) if d == dataset
         )
         panels.append(ValuePanel(dataset, "shape bias = shape / (shape + texture) decisions", values))
-    return Sourced(panels, tuple(rows.values()))
+    return Sourced(panels, tuple(rows.values()), _mixed_routes(rows))
+
+
+def _mixed_routes(rows: Mapping[tuple[str | None, str | None, str], StoredResult]) -> tuple[str, ...]:
+    """A note per cue-conflict dataset whose models were decided by more than one route (each model's
+    latest run counts: e.g. some CLIP models over the 16 categories, others over ImageNet's 1000)."""
+    routes: dict[str, dict[str, int]] = {}
+    for (_, dataset, _), row in rows.items():
+        route = str(row.params.get("decisions") or "route not recorded")
+        counts = routes.setdefault(str(dataset), {})
+        counts[route] = counts.get(route, 0) + 1
+    return tuple(
+        f"{dataset} mixes decision routes: "
+        + "; ".join(f"{n} model(s) by {route}" for route, n in sorted(counts.items()))
+        for dataset, counts in sorted(routes.items())
+        if len(counts) > 1
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
