@@ -184,16 +184,6 @@ def _max_gap(counts: np.ndarray, mean_confidence: np.ndarray, accuracy: np.ndarr
     return float(np.max(np.abs(accuracy[filled] - mean_confidence[filled])))
 
 
-def _ece_from_confidence(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
-    diagram = _equal_width_bins(confidence, correct, n_bins)
-    return _weighted_gap(diagram.counts, diagram.mean_confidence, diagram.accuracy)
-
-
-def _mce_from_confidence(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
-    diagram = _equal_width_bins(confidence, correct, n_bins)
-    return _max_gap(diagram.counts, diagram.mean_confidence, diagram.accuracy)
-
-
 def _adaptive_ece_from_confidence(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
     order = np.argsort(confidence, kind="stable")
     groups = [group for group in np.array_split(order, n_bins) if group.size > 0]
