@@ -23,8 +23,8 @@ may be refused once. Files in the arrays tree (anything not a folder) are left a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from embedstore.errors import StoreError
@@ -77,32 +77,33 @@ def _dataset_folders(store: Store) -> list[str]:
     return sorted(folders)
 
 
-@contextmanager
+@contextlib.contextmanager
 def _folder_held(store: Store, folder: str, sweep: Sweep) -> Iterator[bool]:
     """Hold the folder's dataset lock for the block (a dry run only checks that nobody holds it);
     yields False, recording why, when another process holds it. A lock file nobody held is a
     leftover: taking and releasing the lock removes it."""
     lock = folder_lock_path(store.path, folder)
-    holder = lock_holder(lock)
-    if holder is not None:
-        sweep.skipped[folder] = f"being written by {holder}"
-        yield False
-        return
     try:
         stale: Leftover | None = Leftover("lock file", lock.name, lock.stat().st_size)
     except FileNotFoundError:
         stale = None
+    held = contextlib.ExitStack()
     if sweep.dry_run:
+        holder = lock_holder(lock)
+        if holder is not None:
+            sweep.skipped[folder] = f"being written by {holder}"
+            yield False
+            return
+    else:
+        try:
+            held.enter_context(folder_lock(store.path, folder, doing="embedstore gc"))
+        except StoreError as refused:  # names the writer holding it
+            sweep.skipped[folder] = str(refused)
+            yield False
+            return
+    with held:  # an error while sweeping propagates as itself, the lock released
         sweep.leftovers += [stale] if stale else []
         yield True
-        return
-    try:
-        with folder_lock(store.path, folder, doing="embedstore gc"):
-            sweep.leftovers += [stale] if stale else []
-            yield True
-    except StoreError as refused:  # a writer took it after the check above
-        sweep.skipped[folder] = str(refused)
-        yield False
 
 
 def _sweep_folder(store: Store, folder: str, sweep: Sweep) -> None:

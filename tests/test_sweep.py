@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from store_support import put_array
 
+from embedstore.errors import StoreError
 from embedstore.evaluate.indexes import build_saved_index, list_saved_indexes
 from embedstore.index.spec import IndexSpec
 from embedstore.sources import open_dataset
@@ -90,3 +91,14 @@ def test_gc_command_dry_run_then_json(littered):
     assert report["dry_run"] is False and len(report["leftovers"]) == 7 and report["skipped"] == {}
     again = runner.invoke(cli, ["gc", "--store", str(littered.path)])
     assert again.exit_code == 0 and "removed 0 leftover(s), 0.0 MiB" in again.output
+
+
+def test_an_error_while_sweeping_is_raised_as_itself_and_releases_the_lock(littered, monkeypatch):
+    def unreadable(path):
+        raise StoreError(f"cannot read {path}")
+
+    monkeypatch.setattr(littered.arrays, "tree_bytes", unreadable)
+    with pytest.raises(StoreError, match="cannot read gone/m9/image_emb"):
+        sweep_store(littered)
+    with dataset_locks(littered.path, ["gone"], doing="embedstore extract"):  # released: taken again at once
+        pass
