@@ -55,7 +55,7 @@ from embedstore.index import INDEX_KINDS
 from embedstore.index.sidecar import sidecar_path
 from embedstore.store import ArrayInfo, Store, stored_model_id
 from embedstore.store.locks import dataset_locks
-from embedstore.store.store import arrow_table, insert_arrow
+from embedstore.store.store import arrow_table, insert_arrow, same_result_key
 
 #: Per-dataset catalog tables copied with a dataset the destination lacks.
 DATASET_TABLES = ("datasets", "samples", "captions", "annotations", "templates", "prompt_sets", "bad_samples")
@@ -283,12 +283,9 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
         if d in plan.adopted_templates or destination.templates(d) == source.templates(d)
     ]
     held_sets = {(r["dataset"], r["name"]) for r in destination.query("SELECT DISTINCT dataset, name FROM prompt_sets")}
-    appended = [  # the source's templates after the destination's own (`_check_templates`)
-        (dataset, index, template)
-        for dataset, theirs in plan.adopted_templates.items()
-        for index, template in enumerate(theirs)
-        if index >= len(destination.templates(dataset))
-    ]
+    appended = []  # the source's templates after the destination's own (`_check_templates`)
+    for dataset, theirs in plan.adopted_templates.items():
+        appended += [(dataset, i, theirs[i]) for i in range(len(destination.templates(dataset)), len(theirs))]
     copied = {(i.dataset, i.model, i.name) for i in plan.arrays}
     pairs = {(i.model, i.dataset) for i in plan.arrays}
     tables: dict[str, pa.Table] = {}
@@ -326,9 +323,7 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
         bad = added["bad_samples"] + _insert(con, "bad_samples", shared_bad, new_rows_only)
         _insert(con, "prompt_sets", shared_sets)
         results = _insert(con, "results", tables["results"],
-                          "NOT EXISTS (SELECT 1 FROM results t WHERE t.model IS NOT DISTINCT FROM i.model AND "
-                          "t.dataset IS NOT DISTINCT FROM i.dataset AND t.analysis = i.analysis AND "
-                          "t.params_hash = i.params_hash)")  # fmt: skip
+                          f"NOT EXISTS (SELECT 1 FROM results t WHERE {same_result_key('t', 'i')})")  # fmt: skip
     copied_sets = [*tables["prompt_sets"].to_pylist(), *shared_sets.to_pylist()]
     return results, bad, len({(r["dataset"], r["name"]) for r in copied_sets})
 

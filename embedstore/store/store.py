@@ -697,8 +697,7 @@ class Store:
         latest = dict(runs)
         if not latest:
             return
-        key_names = ("model", "dataset", "analysis", "params_hash")
-        keys = pa.table({n: pa.array(list(c), pa.string()) for n, c in zip(key_names, zip(*latest))})
+        keys = pa.table({n: pa.array(list(c), pa.string()) for n, c in zip(RESULT_KEY, zip(*latest))})
         values = [row for rows in latest.values() for row in rows]
         names = ("model", "dataset", "analysis", "metric", "value", "value_text", "params", "params_hash",
                  "version", "created")  # fmt: skip
@@ -706,9 +705,7 @@ class Store:
         with self.catalog.write() as con:
             con.register("_embedstore_runs", keys)
             con.execute(
-                "DELETE FROM results r WHERE EXISTS (SELECT 1 FROM _embedstore_runs k WHERE "
-                + " AND ".join(f"r.{n} IS NOT DISTINCT FROM k.{n}" for n in key_names)
-                + ")"
+                f"DELETE FROM results r WHERE EXISTS (SELECT 1 FROM _embedstore_runs k WHERE {same_result_key('r', 'k')})"
             )
             con.unregister("_embedstore_runs")
             if values:  # one vectorised insert: row-by-row executemany costs ~70 ms per analysis run
@@ -787,6 +784,15 @@ def arrow_table(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] 
     fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
     table = fetch()
     return table if isinstance(table, pa.Table) else table.read_all()
+
+
+RESULT_KEY = ("model", "dataset", "analysis", "params_hash")
+"""What identifies one analysis run's rows in ``results``: a run with the same key replaces them."""
+
+
+def same_result_key(a: str, b: str) -> str:
+    """SQL: rows aliased ``a`` and ``b`` have the same `RESULT_KEY` (a NULL model or dataset equals NULL)."""
+    return " AND ".join(f"{a}.{n} IS NOT DISTINCT FROM {b}.{n}" for n in RESULT_KEY)
 
 
 def _params_key(params: Sequence[Any] | None) -> tuple | None:
