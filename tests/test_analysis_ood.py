@@ -205,6 +205,31 @@ def test_auroc_and_aupr_match_sklearn(decimals: int | None, positive: str) -> No
         assert (metrics.aupr_in, metrics.aupr_out) == pytest.approx(_openood_auprs(id_scores, ood_scores), abs=1e-12)
 
 
+def test_every_metric_matches_sklearn_on_small_and_tied_score_sets() -> None:
+    # The metrics come from one sort of our own; sklearn (and OpenOOD's calls into it) is the reference.
+    from sklearn.metrics import auc, precision_recall_curve
+
+    rng = np.random.default_rng(11)
+    for _ in range(150):
+        n_id, n_ood = rng.integers(1, 12, size=2)
+        levels = int(rng.integers(1, 6))  # few levels: heavy ties within and across the sets
+        id_scores = rng.integers(0, levels, size=n_id).astype(float)
+        ood_scores = rng.integers(0, levels, size=n_ood).astype(float) - float(rng.integers(0, 2))
+        scores = np.concatenate([id_scores, ood_scores])
+        is_id = np.concatenate([np.ones(n_id), np.zeros(n_ood)])
+        by_id = ood_metrics(id_scores, ood_scores, "id")
+        by_ood = ood_metrics(id_scores, ood_scores, "ood")
+        assert by_id.auroc == pytest.approx(roc_auc_score(is_id, scores), abs=1e-12) and by_ood.auroc == by_id.auroc
+        assert by_id.aupr_in == pytest.approx(average_precision_score(is_id, scores), abs=1e-12)
+        assert by_id.aupr_out == pytest.approx(average_precision_score(1 - is_id, -scores), abs=1e-12)
+        assert by_id.fpr95 == pytest.approx(_id_positive_fpr95_by_brute_force(id_scores, ood_scores), abs=1e-12)
+        precision, recall, _ = precision_recall_curve(is_id, scores)
+        assert by_ood.aupr_in == pytest.approx(auc(recall, precision), abs=1e-12)
+        precision, recall, _ = precision_recall_curve(1 - is_id, -scores)
+        assert by_ood.aupr_out == pytest.approx(auc(recall, precision), abs=1e-12)
+        assert by_ood.fpr95 == _openood_fpr95(id_scores, ood_scores)
+
+
 def test_the_two_aupr_sums_differ_on_tied_scores() -> None:
     id_scores, ood_scores = _random_scores(seed=3, decimals=0)
     by_id, by_ood = ood_metrics(id_scores, ood_scores, "id"), ood_metrics(id_scores, ood_scores, "ood")

@@ -303,58 +303,96 @@ def _class_means(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positive = "id") -> OODMetrics:
     """AUROC, AUPR-In, AUPR-Out and FPR@95 of scores that are higher for ID samples.
 
-    FPR@95 is read off the ROC curve (``sklearn.metrics.roc_curve``, scores accepted when >= the
-    threshold, so tied scores are accepted together) as the false-positive rate at the first point with
-    a true-positive rate >= 0.95:
+    All four come from one sort: at each distinct score t (accepting scores >= t, so tied scores are
+    accepted together) the counts of ID and OOD samples accepted are the points of the ROC and
+    precision-recall curves, exactly as ``sklearn.metrics.roc_curve`` / ``precision_recall_curve`` build
+    them (the tests check every metric against sklearn and OpenOOD's formula).
 
-    - ``positive="id"`` (default, MCM convention): the fraction of OOD scores >= t at the largest
-      threshold t keeping at least 95% of ID scores (>= t). The exact operating point, on the full curve.
-    - ``positive="ood"`` (OpenOOD ``auc_and_fpr_recall``): ``roc_curve(is_ood, -scores)`` with sklearn's
-      default thinning of collinear points (``drop_intermediate=True``), exactly as OpenOOD: the
-      fraction of ID scores <= t at the smallest threshold t flagging at least 95% of OOD scores (<= t).
-      Thinning can move the point past the exact one only when tied ID and OOD scores form collinear runs.
+    - AUROC: the trapezoid area under the ROC curve (= ``roc_auc_score``; ties count one half).
+    - FPR@95 is the false-positive rate at the first ROC point whose true-positive rate is >= 0.95:
+
+      - ``positive="id"`` (default, MCM convention): the fraction of OOD scores >= t at the largest
+        threshold t keeping at least 95% of ID scores (>= t). The exact operating point, on the full curve.
+      - ``positive="ood"`` (OpenOOD ``auc_and_fpr_recall``): ``roc_curve(is_ood, -scores)`` with sklearn's
+        default thinning of collinear points (``drop_intermediate=True``), exactly as OpenOOD: the
+        fraction of ID scores <= t at the smallest threshold t flagging at least 95% of OOD scores (<= t).
+        Thinning can move the point past the exact one only when tied ID and OOD scores form collinear runs.
 
     Constant scores give AUROC 0.5 and FPR@95 1.0. MCM's own ``fpr_and_fdr_at_recall`` takes the recall
     closest to 95% rather than the first >= 95%, so it can differ slightly from ``positive="id"``.
-    AUPR-In / AUPR-Out are average precision for ``positive="id"`` and OpenOOD's trapezoid for
-    ``positive="ood"`` (module doc).
+    AUPR-In / AUPR-Out are average precision (``average_precision_score``) for ``positive="id"`` and
+    OpenOOD's trapezoid ``auc(recall, precision)`` for ``positive="ood"`` (module doc).
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score  # 1.3 s to import: only when scoring
-
     _check_positive(positive)
     id_values = _check_scores(id_scores, "id_scores")
     ood_values = _check_scores(ood_scores, "ood_scores")
-    scores = np.concatenate([id_values, ood_values])
-    is_id = np.concatenate([np.ones(id_values.size, dtype=int), np.zeros(ood_values.size, dtype=int)])
+    ids_at, oods_at = _counts_per_distinct_score(id_values, ood_values)
+    # Scores accepted as ID (>= t) from the highest t down; as OOD (<= t) from the lowest t up.
+    ids_accepted, oods_accepted = np.cumsum(ids_at[::-1]), np.cumsum(oods_at[::-1])
+    ids_flagged, oods_flagged = np.cumsum(ids_at), np.cumsum(oods_at)
     if positive == "id":
-        fpr95 = _fpr_at_tpr(is_id, scores, thin_collinear_points=False)
-        area = average_precision_score
+        fpr95 = _fpr_at_tpr(ids_accepted, oods_accepted, thin_collinear_points=False)
+        area = _average_precision
     else:
-        fpr95 = _fpr_at_tpr(1 - is_id, -scores, thin_collinear_points=True)
+        fpr95 = _fpr_at_tpr(oods_flagged, ids_flagged, thin_collinear_points=True)
         area = _trapezoid_aupr
     return OODMetrics(
-        auroc=float(roc_auc_score(is_id, scores)),
-        aupr_in=float(area(is_id, scores)),
-        aupr_out=float(area(1 - is_id, -scores)),
+        auroc=_auroc(ids_accepted, oods_accepted),
+        aupr_in=area(ids_accepted, oods_accepted),
+        aupr_out=area(oods_flagged, ids_flagged),
         fpr95=fpr95,
         positive=positive,
     )
 
 
-def _trapezoid_aupr(is_positive: np.ndarray, scores: np.ndarray) -> float:
-    """OpenOOD's AUPR: the trapezoid area under the precision-recall curve."""
-    from sklearn.metrics import auc, precision_recall_curve
+def _counts_per_distinct_score(id_values: np.ndarray, ood_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many ID and how many OOD scores equal each distinct score, in ascending order of score."""
+    scores = np.concatenate([id_values, ood_values])
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    starts_group = np.empty(ordered.size, dtype=bool)
+    starts_group[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts_group[1:])
+    group = np.cumsum(starts_group) - 1
+    groups = int(group[-1]) + 1
+    is_id = order < id_values.size
+    ids_at = np.bincount(group[is_id], minlength=groups)
+    return ids_at, np.bincount(group, minlength=groups) - ids_at
 
-    precision, recall, _ = precision_recall_curve(is_positive, scores)
-    return float(auc(recall, precision))
+
+def _auroc(positives_accepted: np.ndarray, negatives_accepted: np.ndarray) -> float:
+    """Trapezoid area under the ROC curve through (0, 0) and the cumulative counts at each threshold."""
+    tpr = np.concatenate([[0], positives_accepted]) / positives_accepted[-1]
+    fpr = np.concatenate([[0], negatives_accepted]) / negatives_accepted[-1]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
 
 
-def _fpr_at_tpr(is_positive: np.ndarray, scores: np.ndarray, thin_collinear_points: bool) -> float:
-    """False-positive rate at the first ROC point whose true-positive rate is >= ``TPR_LEVEL``."""
-    from sklearn.metrics import roc_curve
+def _average_precision(positives_accepted: np.ndarray, negatives_accepted: np.ndarray) -> float:
+    """Average precision ``sum_n (R_n - R_{n-1}) P_n`` over the thresholds, from recall 0 (MCM's AUPR)."""
+    precision = positives_accepted / (positives_accepted + negatives_accepted)
+    recall_steps = np.diff(np.concatenate([[0], positives_accepted])) / positives_accepted[-1]
+    return float(np.sum(recall_steps * precision))
 
-    fpr, tpr, _ = roc_curve(is_positive, scores, drop_intermediate=thin_collinear_points)
-    return float(fpr[int(np.argmax(tpr >= TPR_LEVEL))])
+
+def _trapezoid_aupr(positives_accepted: np.ndarray, negatives_accepted: np.ndarray) -> float:
+    """OpenOOD's AUPR: the trapezoid area under the precision-recall curve from (recall 0, precision 1)."""
+    precision = np.concatenate([[1.0], positives_accepted / (positives_accepted + negatives_accepted)])
+    recall = np.concatenate([[0], positives_accepted]) / positives_accepted[-1]
+    return float(np.sum(np.diff(recall) * (precision[1:] + precision[:-1])) / 2.0)
+
+
+def _fpr_at_tpr(positives_accepted: np.ndarray, negatives_accepted: np.ndarray, thin_collinear_points: bool) -> float:
+    """False-positive rate at the first ROC point whose true-positive rate is >= ``TPR_LEVEL``.
+
+    ``thin_collinear_points`` first drops the points that sklearn's ``roc_curve(drop_intermediate=True)``
+    drops: those where neither count's second difference is non-zero (the ends are always kept).
+    """
+    if thin_collinear_points and positives_accepted.size > 2:
+        bends = np.logical_or(np.diff(positives_accepted, 2), np.diff(negatives_accepted, 2))
+        kept = np.concatenate([[True], bends, [True]])
+        positives_accepted, negatives_accepted = positives_accepted[kept], negatives_accepted[kept]
+    tpr = positives_accepted / positives_accepted[-1]
+    return float(negatives_accepted[int(np.argmax(tpr >= TPR_LEVEL))] / negatives_accepted[-1])
 
 
 def evaluate_ood(
