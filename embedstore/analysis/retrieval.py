@@ -147,7 +147,7 @@ def _exact_recall(
     images = prepared_rows(images, True, "image_emb")
     captions = prepared_rows(captions, True, "caption_emb")
     captioned = np.unique(owner)  # images with at least one caption: the image -> text queries
-    image_rank = _first_positive_ranks(captions, owner, images, np.arange(images.shape[0]), batch_size)
+    image_rank = _ranks_of_the_one_positive(captions, owner, images, batch_size)
     text_rank = np.full(images.shape[0], -1, dtype=np.int64)
     text_rank[captioned] = _first_positive_ranks(images[captioned], captioned, captions, owner, batch_size)
     metrics = {}
@@ -288,6 +288,31 @@ def _search_spec(search: str | IndexSpec) -> IndexSpec | None:
     if search in INDEX_KINDS:
         return IndexSpec(kind=search)
     raise AnalysisError(f"search must be 'exact', one of {', '.join(INDEX_KINDS)} or an IndexSpec, got {search!r}")
+
+
+def _ranks_of_the_one_positive(
+    queries: np.ndarray, positive_row: np.ndarray, gallery: np.ndarray, batch_size: int | None
+) -> np.ndarray:
+    """:func:`_first_positive_ranks` when each query has exactly one positive, gallery row ``positive_row``.
+
+    With ``s`` the positive's score, the rank is ``#(score > s)`` plus the rows before the positive that
+    tie with it: ``#(score >= s) - #(score == s)`` for every query, and the tied rows before the
+    positive are counted only in the (rare) rows where something other than the positive ties with it.
+    """
+    if batch_size is None:
+        batch_size = rows_within_budget(4 * gallery.shape[0], _SCORE_BLOCK_BYTES, queries.shape[0])
+    ranks = np.empty(queries.shape[0], dtype=np.int64)
+    for start in range(0, queries.shape[0], batch_size):
+        stop = min(start + batch_size, queries.shape[0])
+        scores = queries[start:stop] @ gallery.T
+        positive = positive_row[start:stop]
+        best = scores[np.arange(stop - start), positive][:, None]
+        tied = np.count_nonzero(scores == best, axis=1)
+        batch_ranks = np.count_nonzero(scores >= best, axis=1) - tied
+        for row in np.flatnonzero(tied > 1):
+            batch_ranks[row] += np.count_nonzero(scores[row, : positive[row]] == best[row])
+        ranks[start:stop] = batch_ranks
+    return ranks
 
 
 def _first_positive_ranks(
