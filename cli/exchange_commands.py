@@ -11,7 +11,10 @@ from embedstore_cli.options import store_option, user_errors
 
 def _array_options(func):
     func = click.option(
-        "--array", "name", required=True, help="Array name: image_emb, text_emb, logits, caption_emb, ..."
+        "--array",
+        "name",
+        required=True,
+        help="Array name: image_emb, logits, caption_emb, ... (export also text_emb; prompts add makes it).",
     )(func)
     func = click.option(
         "--model", required=True, help="Model id as stored (export: or a glob matching one model, e.g. 'openclip:*')."

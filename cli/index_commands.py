@@ -37,7 +37,7 @@ def index_group() -> None:
 
 @index_group.command("build")
 @store_option
-@click.option("--model", required=True, help="Model id.")
+@click.option("--model", required=True, help="Model id (or a glob matching one model holding the array).")
 @click.option("--dataset", required=True, help="Dataset name.")
 @click.option("--array", default=IMAGE_ARRAY, show_default=True, help="Array to index (image_emb, caption_emb).")
 @click.option("--kind", type=click.Choice(INDEX_KINDS), default="ivf", show_default=True)
@@ -65,7 +65,7 @@ def build_command(store_path, model, dataset, array, kind, nlist, nprobe, hnsw_m
 @json_option
 @user_errors
 def list_command(store_path, verify, as_json) -> None:
-    """Saved indexes: what they index, their parameters and status (current, stale, no array, unchecked)."""
+    """Saved indexes: what they index, their parameters and status (current, stale, unreadable, no array; unchecked without --verify)."""
     saved = list_saved_indexes(Store.open(store_path), verify=verify)
     if as_json:
         print_json([s.as_dict() for s in saved])

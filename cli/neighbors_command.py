@@ -11,7 +11,7 @@ from embedstore_cli.options import json_option, print_json, print_table, store_o
 
 @click.command("neighbors")
 @store_option
-@click.option("--model", required=True, help="Model id.")
+@click.option("--model", required=True, help="Model id (or a glob matching one model, e.g. 'openclip:*').")
 @click.option("--dataset", required=True, help="Dataset name.")
 @click.option("--row", type=int, default=None, help="Query: this row of the dataset.")
 @click.option("--key", default=None, help="Query: the sample with this key.")

@@ -8,14 +8,17 @@ import sys
 
 import click
 
-from embedstore.store import Store
+from embedstore.store import Store, stored_model_id
 from embedstore_cli.options import json_option, print_json, print_table, store_option, user_errors
 
 
 @click.command("init")
 @store_option
 @click.option(
-    "--arrays-url", default=None, help="Keep arrays at this folder or fsspec URL instead of STORE/arrays.zarr."
+    "--arrays-url",
+    default=None,
+    help="Keep arrays at this empty folder (a relative one is taken from the current directory) or fsspec URL "
+    "instead of STORE/arrays.zarr.",
 )
 @user_errors
 def init_command(store_path: str, arrays_url: str | None) -> None:
@@ -138,6 +141,7 @@ def rm_command(
     store = Store.open(store_path, readonly=False)
     from embedstore.remove import no_arrays_match, remove_arrays
 
+    model = stored_model_id(model) if model is not None else None
     infos = store.list_arrays(dataset, model, name)
     if not infos:
         raise click.ClickException(no_arrays_match(store, dataset=dataset, model=model, name=name))

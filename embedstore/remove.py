@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from embedstore.evaluate.indexes import delete_saved_indexes
-from embedstore.store import Store
+from embedstore.store import Store, stored_model_id
 from embedstore.store.locks import dataset_locks
 
 
@@ -31,7 +31,9 @@ def remove_arrays(
     *, results: bool = False,
 ) -> Removed:  # fmt: skip
     """Delete the arrays matching every given filter (catalog rows, chunks and saved indexes), and
-    with ``results`` the result rows of their (model, dataset) pairs."""
+    with ``results`` the result rows of their (model, dataset) pairs. ``model`` is an exact id in either
+    spelling of random weights (:func:`stored_model_id`)."""
+    model = stored_model_id(model) if model is not None else None
     datasets = sorted({info.dataset for info in store.list_arrays(dataset, model, name)})
     with dataset_locks(store.path, datasets, doing="embedstore rm"):
         infos = store.list_arrays(dataset, model, name)

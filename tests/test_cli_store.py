@@ -141,6 +141,7 @@ def test_import_refuses_what_analyses_could_not_use_and_registers_nothing(run, t
         (cube, "image_emb", "holds a 3-D float32 array; image_emb must be a 2-D floating-point matrix"),
         (counts, "logits", "holds a 2-D int64 array; logits must be a 2-D floating-point matrix"),
         (cube, "text_emb", "text_emb is per class and template, not one row per sample"),
+        (np.ones((2, 3, 4), dtype="float32"), "text_emb", "text_emb is per class and template, not one row"),
         (np.ones((0, 6), dtype="float32"), "image_emb", "holds no rows (shape [0, 6]): nothing to import"),
     ]
     before = run("sql", "SELECT (SELECT count(*) FROM models) AS m, (SELECT count(*) FROM datasets) AS d, "

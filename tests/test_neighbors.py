@@ -235,6 +235,31 @@ def test_unknown_models_datasets_and_arrays_are_named(planar):
         build_saved_index(planar, "planar", HAND, "text_emb")
 
 
+def test_models_are_found_by_either_random_spelling_or_a_glob_matching_one(planar):
+    from embedstore.remove import remove_arrays
+    from embedstore_cli.store_commands import rm_command
+
+    for seed in (0, 1):
+        planar.register_model({"model_id": f"toy@random:{seed}", "kind": "clip", "fingerprint": f"{seed}" * 64})
+        put_array(planar, "planar", f"toy@random:{seed}", "image_emb", _planar_vectors(ANGLES, [1] * 6))
+    by_id = find_neighbors(planar, "toy@random:0", "planar", NeighborQuery(row=0), k=2)
+    for spelling in ("toy@random", "toy*:0", "clip-*"):
+        found = find_neighbors(planar, spelling, "planar", NeighborQuery(row=0), k=2)
+        assert found.model == ("clip-2d" if spelling == "clip-*" else "toy@random:0")
+        assert _rows(found) == _rows(by_id)
+    with pytest.raises(EmbedstoreError, match=r"'toy\*' matches 2 models with image_emb on planar: toy@random:0, "):
+        find_neighbors(planar, "toy*", "planar", NeighborQuery(row=0))
+    with pytest.raises(EmbedstoreError, match=r"'vit\*' matches no model with image_emb on dataset planar; those are: "
+                       "clip-2d, toy@random:0, toy@random:1"):  # fmt: skip
+        build_saved_index(planar, "planar", "vit*", "image_emb", IndexSpec(kind="flat"))
+    built = build_saved_index(planar, "planar", "toy@random", "image_emb", IndexSpec(kind="flat"))
+    assert built.model == "toy@random:0"
+    out = CliRunner().invoke(rm_command, ["--store", str(planar.path), "--model", "toy@random", "--yes"])
+    assert out.exit_code == 0 and "deleted 1 array(s) and 1 saved index(es)" in out.output, out.output
+    assert remove_arrays(planar, model="toy@random:1").arrays == 1
+    assert [info.model for info in planar.list_arrays()] == [HAND]
+
+
 def test_cli_neighbors_and_index_commands(planar):
     runner = CliRunner()
     store = ["--store", str(planar.path)]

@@ -234,13 +234,15 @@ def build_saved_index(
     seed: int = 0,
 ) -> SavedIndex:
     """Build a cosine index of an array's usable rows and save it at :func:`index_path`, replacing
-    any saved index of the same kind. ``spec`` gives the kind and parameters (default: ivf with
+    any saved index of the same kind. ``model`` may be a glob matching one model holding the array
+    (``Store.model_with_array``). ``spec`` gives the kind and parameters (default: ivf with
     parameters chosen for the size); it must be cosine (``metric="ip"``, ``normalize=True``)."""
     spec = spec or IndexSpec(kind="ivf")
     if spec.metric != "ip" or not spec.normalize:
         raise AnalysisError(f"saved indexes score cosines (metric='ip', normalize=True), got metric={spec.metric!r}")
-    store.model_info(model)
     store.dataset_info(dataset)
+    model = store.model_with_array(dataset, model, array)
+    store.model_info(model)
     gallery = read_gallery(store, dataset, model, array)
     start = time.perf_counter()
     index = build_index_from_spec(gallery.vectors, spec, device=device, seed=seed)

@@ -85,11 +85,13 @@ def find_neighbors(
     device: str = "cpu",
 ) -> NeighborsResult:
     """The ``k`` nearest images of ``dataset`` to ``query`` in ``model``'s ``image_emb`` (see the
-    module docstring); ``index`` is one of "auto", "exact", "flat", "ivf", "hnsw"; ``device`` ("cpu"
+    module docstring); ``model`` may be a glob matching one model (``Store.model_with_array``); ``index`` is one of "auto", "exact", "flat", "ivf", "hnsw"; ``device`` ("cpu"
     or "cuda") runs the text tower and the search."""
     k = positive_int("k", k)
     if index not in SEARCHES:
         raise AnalysisError(f"index must be one of {', '.join(SEARCHES)}, got {index!r}")
+    store.dataset_info(dataset)
+    model = store.model_with_array(dataset, model, IMAGE_ARRAY)
     store.model_info(model)
     samples = store.sample_table(dataset)
     gallery = read_gallery(store, dataset, model, IMAGE_ARRAY)

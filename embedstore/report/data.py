@@ -678,7 +678,7 @@ def _diagram(rows: Mapping[str, StoredResult], *, scaled: bool) -> ReliabilityDi
 def _prompt_dataset(data: ReportData, prefix: str) -> str:
     names = Counter(r.dataset for r in data.rows("prompts") if r.model is not None and r.metric.startswith(prefix))
     if not names:
-        raise MissingData(f"prompts: no prompts results with {prefix}<...>; run `embedstore prompts ablation`")
+        raise MissingData(f"prompts: no prompts results with {prefix}<...>; run `embedstore prompts ablate`")
     return data.id_dataset if data.id_dataset in names else _most_common(names)
 
 

@@ -10,7 +10,6 @@ second export gives bit-identical files.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -40,30 +39,14 @@ def _format_of(path: Path, fmt: str | None) -> str:
     return formats[suffix]
 
 
-def array_model(store: Store, dataset: str, model: str, name: str) -> str:
-    """``model`` itself, or the one model id the glob ``model`` matches among the models holding
-    array ``name`` on ``dataset`` (ids of models loaded from files are long; ``'openclip:*toy*'`` will do)."""
-    if not any(c in model for c in "*?["):
-        return stored_model_id(model)
-    holders = [info.model for info in store.list_arrays(dataset, None, name)]
-    hits = [m for m in holders if fnmatch.fnmatchcase(m, model)]
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        listing = ", ".join(holders) or "none"
-        raise StoreError(f"--model {model!r} matches no model with {name} on dataset {dataset}; those are: {listing}")
-    raise StoreError(f"--model {model!r} matches {len(hits)} models with {name} on {dataset}: {', '.join(hits)}; "
-                     "name one")  # fmt: skip
-
-
 def export_array(
     store: Store, dataset: str, model: str, name: str, output: str | Path, fmt: str | None = None
 ) -> tuple[Path, tuple[int, ...], str]:
-    """Write one array to ``output``; ``model`` may be a glob matching one model (`array_model`).
+    """Write one array to ``output``; ``model`` may be a glob matching one model (``Store.model_with_array``).
     Returns the path, the array's shape and the model id."""
     output = Path(output)
     fmt = _format_of(output, fmt)
-    model = array_model(store, dataset, model, name)
+    model = store.model_with_array(dataset, model, name)
     data = store.read_array(dataset, model, name)
     keys = _row_keys(store, dataset, name, data.shape[0])
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +190,10 @@ def import_array(
     h5_dataset: str = "data",
 ) -> tuple[int, ...]:
     """Import a matrix as array ``dataset/model/name``; returns its shape."""
+    model = stored_model_id(model)
     store.array_path(dataset, model, name)  # a bad array name is refused before anything is registered
+    if name in NOT_PER_SAMPLE_ARRAYS:  # refused before the file is read: its shape would only confuse
+        raise StoreError(_NOT_IMPORTABLE.format(name=name))
     data, keys = read_matrix(path, keys_file, h5_dataset)
     if str(data.dtype) not in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool"):
         raise StoreError(f"{path} holds dtype {data.dtype}, which a store cannot keep")
@@ -257,6 +243,10 @@ def _write_import(
 PER_SAMPLE_FLOAT_ARRAYS = ("image_emb", "caption_emb", "logits")
 #: Arrays that are not one row per sample, so cannot be placed by sample keys.
 NOT_PER_SAMPLE_ARRAYS = ("text_emb",)
+_NOT_IMPORTABLE = (
+    "{name} is per class and template, not one row per sample, so it cannot be imported by sample keys: "
+    "`embedstore prompts add` encodes templates for an extracted model"
+)
 
 
 def check_importable(store: Store, model: str, name: str, path: str | Path, data: np.ndarray,
@@ -268,8 +258,7 @@ def check_importable(store: Store, model: str, name: str, path: str | Path, data
     embeddings already in the store, with which zero-shot scoring or cross-dataset analyses would
     combine them."""
     if name in NOT_PER_SAMPLE_ARRAYS:
-        raise StoreError(f"{name} is per class and template, not one row per sample, so it cannot be imported "
-                         "by sample keys: `embedstore prompts add` encodes templates for an extracted model")  # fmt: skip
+        raise StoreError(_NOT_IMPORTABLE.format(name=name))
     if name in PER_SAMPLE_FLOAT_ARRAYS and (data.ndim != 2 or data.dtype.kind != "f"):
         raise StoreError(f"{path} holds a {data.ndim}-D {data.dtype} array; {name} must be a 2-D floating-point "
                          "matrix, one row per sample")  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fnmatch
 import hashlib
 import json
 import os
@@ -112,6 +113,7 @@ class Store:
     def create(cls, path: str | os.PathLike, *, arrays_url: str | None = None) -> Store:
         """Create an empty store at ``path``; arrays live in ``path/arrays.zarr`` unless ``arrays_url``
         names another folder or an fsspec URL, which must be empty (nothing there is ever deleted).
+        A relative folder is read from the current directory, like any path given on a command line.
         The catalog is built under a temporary name and renamed last, so a store exists whole or
         not at all; creating it again after an interrupted creation finishes the job."""
         path = Path(path)
@@ -121,7 +123,7 @@ class Store:
         interrupted = building.exists()  # an earlier create died before its rename
         if path.exists() and not interrupted and any(path.iterdir()):
             raise StoreError(f"{path} exists and is not empty; choose a new folder for the store")
-        location = arrays_url or ARRAYS_DIR
+        location = cls._recorded_location(path, arrays_url) if arrays_url else ARRAYS_DIR
         arrays = ZarrRoot(cls._arrays_location(path, location), readonly=False)
         if set(arrays.entries()) - ({"zarr.json"} if interrupted else set()):
             raise StoreError(f"arrays location {location} is not empty; give an empty folder or URL for the arrays")
@@ -163,6 +165,17 @@ class Store:
             catalog.migrate()
         arrays = ZarrRoot(cls._arrays_location(path, meta["arrays"]), readonly=readonly)
         return cls(path, catalog, arrays)
+
+    @staticmethod
+    def _recorded_location(path: Path, arrays_url: str) -> str:
+        """How the catalog records a given arrays location: a URL as given; a folder relative to the
+        store when it lies inside the store's folder (the store can then be moved whole), else absolute."""
+        if "://" in arrays_url:
+            return arrays_url
+        folder, store = Path(os.path.abspath(arrays_url)), Path(os.path.abspath(path))
+        if folder == store:
+            raise StoreError(f"arrays location {arrays_url} is the store folder itself; give a folder of its own")
+        return str(folder.relative_to(store)) if folder.is_relative_to(store) else str(folder)
 
     @staticmethod
     def _arrays_location(path: Path, location: str) -> str:
@@ -596,6 +609,25 @@ class Store:
                 sql += f" AND {column} = ?"
                 params.append(value)
         return [_array_info(r) for r in self.query(sql + " ORDER BY dataset, model, name", params)]
+
+    def model_with_array(self, dataset: str, model: str, name: str) -> str:
+        """The model id that ``model`` names for array ``name`` on ``dataset``: ``model`` itself as
+        stored (:func:`stored_model_id`), or the one id that the glob ``model`` matches among the models
+        holding that array (ids of models loaded from files are long; ``'openclip:*toy*'`` will do).
+        A glob that matches none or several of them is a StoreError listing them."""
+        if not any(c in model for c in "*?["):
+            return stored_model_id(model)
+        holders = [info.model for info in self.list_arrays(dataset, None, name)]
+        hits = [m for m in holders if fnmatch.fnmatchcase(m, model)]
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            listing = ", ".join(holders) or "none"
+            raise StoreError(
+                f"--model {model!r} matches no model with {name} on dataset {dataset}; those are: {listing}"
+            )
+        raise StoreError(f"--model {model!r} matches {len(hits)} models with {name} on {dataset}: {', '.join(hits)}; "
+                         "name one")  # fmt: skip
 
     def _arrays_by_key(self) -> dict[tuple[str, str, str], ArrayInfo]:
         """Every ``arrays`` row by (dataset, model, name), in that order; read once per snapshot."""

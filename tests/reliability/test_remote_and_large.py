@@ -120,6 +120,24 @@ def test_create_refuses_an_arrays_location_that_holds_anything(tmp_path):
     assert Store.open(tmp_path / "first").arrays.entries() == ["zarr.json"]
 
 
+def test_a_relative_arrays_folder_is_read_from_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match=f"arrays location {tmp_path / 'taken'} is not empty"):
+        Store.create("store", arrays_url="taken")
+    assert not (tmp_path / "store").exists() and (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    outside = Store.create("store", arrays_url="arrays-elsewhere")
+    assert outside.meta()["arrays"] == str(tmp_path / "arrays-elsewhere")
+    assert outside.arrays.local_root == tmp_path / "arrays-elsewhere" and (tmp_path / "arrays-elsewhere").is_dir()
+    inside = Store.create("second", arrays_url="second/../second/vectors")
+    assert inside.meta()["arrays"] == "vectors"  # inside the store's folder: moves with it
+    monkeypatch.chdir(tmp_path / "taken")
+    assert Store.open(tmp_path / "second").arrays.local_root == tmp_path / "second" / "vectors"
+    with pytest.raises(StoreError, match="is the store folder itself"):
+        Store.create(tmp_path / "third", arrays_url=str(tmp_path / "third"))
+
+
 def test_dask_array_has_a_block_per_chunk_or_names_the_package(tmp_path):
     store = Store.create(tmp_path / "store")
     fingerprints = {"dataset": "d", "model": "m", "settings": "s"}
