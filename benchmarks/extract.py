@@ -352,7 +352,7 @@ def end_to_end(store_path: Path, models: Sequence[str], dataset_spec: str, setti
         report = runner.run_extraction(store, plan, log=lambda _msg: None, progress=False)
     images = report.images
     pass_s = timings.end - timings.start
-    encode_s = {key.split(" on ")[0]: images / per_s for key, per_s in report.model_images_per_s.items()}
+    encode_s = {key.split(" on ")[0]: seconds for key, seconds in report.model_encode_seconds.items()}
     encode_total = sum(encode_s.values())
     other = pass_s - timings.reader_wait_s - encode_total - timings.writer_drain_s
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,29 @@ def test_cpu_path_equals_open_clip_and_timm(store, image_folder):
     with torch.inference_mode():
         logits = timm_model.module(torch.stack([transform(im) for im in images])).numpy()
     np.testing.assert_allclose(store.read_array("shapes", timm_model.model_id, "logits"), logits, rtol=1e-4, atol=1e-5)
+    for info in store.list_arrays("shapes"):  # what can move float results in their last bits is recorded
+        assert {"device": "cpu", "batch_size": 4, "cpu_threads": torch.get_num_threads()}.items() <= info.settings.items()
+
+
+def test_a_models_images_per_s_leaves_out_its_warm_up(store, image_folder, monkeypatch):
+    from embedstore.models.openclip_adapter import OpenClipAdapter
+
+    encode_image, calls = OpenClipAdapter.encode_image, []
+
+    def slow_first_call(self, images):
+        calls.append(len(images))
+        if len(calls) == 1:
+            time.sleep(1.0)  # what a first call's lazy initialisation costs, exaggerated
+        return encode_image(self, images)
+
+    monkeypatch.setattr(OpenClipAdapter, "encode_image", slow_first_call)
+    report = _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP])
+    key = "openclip:embedstore-tiny@random:0 on shapes"
+    assert calls == [4] * 6 and report.model_encode_seconds[key] > 1.0
+    # 16 images after the first two batches, in a small fraction of the second the first one slept
+    assert report.model_images_per_s[key] > 10 * 24 / report.model_encode_seconds[key]
+    stored = store.query("SELECT seconds, rows_per_s FROM arrays WHERE name = 'image_emb'")[0]
+    assert stored == {"seconds": report.model_encode_seconds[key], "rows_per_s": report.model_images_per_s[key]}
 
 
 def test_stored_clip_logits_equal_logits_recomputed_from_the_store(store, image_folder):

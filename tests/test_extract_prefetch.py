@@ -169,7 +169,7 @@ def test_encoded_outputs_on_cuda_are_read_only_after_their_copy_event(monkeypatc
 
     monkeypatch.setattr(torch, "cuda", Cuda())
     job = runner._ModelJob.__new__(runner._ModelJob)
-    job.encode_seconds = 0.0
+    job.encode_seconds, job.rows_encoded, job.warmup = 0.0, 2, None
     image, logits = torch.ones(2, 4, dtype=torch.float16), torch.zeros(2, 3)
     encoded = runner._EncodedBatch(job, image, logits, torch.device("cuda", 1))
     assert calls == ["record on stream of cuda:1"]

@@ -68,7 +68,10 @@ class ExtractionReport:
     bad_samples: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     images: int = 0
+    #: "<model> on <dataset>": images/s after the model's warm-up (`_ModelJob.images_per_s`).
     model_images_per_s: dict[str, float] = field(default_factory=dict)
+    #: "<model> on <dataset>": every second the model spent encoding in the pass, warm-up included.
+    model_encode_seconds: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "fp32"
     decode: str = "cpu"
@@ -155,10 +158,26 @@ class _ModelJob:
         self.classifier: torch.Tensor | None = None  # [D, C] zero-shot weights for CLIP logits
         self.encode_seconds = 0.0
         self.rows_encoded = 0
+        # encode_seconds and rows_encoded when the first batch reached the host: its lazy initialisation
+        # and one-time allocations are left out of the model's images/s.
+        self.warmup: tuple[float, int] | None = None
 
     @property
     def model_id(self) -> str:
         return self.adapter.model_id
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Model-only images/s of the pass after its warm-up: the rows and encode time from the moment
+        the first batch reached the host (it and the batch launched behind it count as warm-up); the
+        whole pass's rate when no batch came after those."""
+        if not self.encode_seconds:
+            return None
+        if self.warmup is not None:
+            warm_seconds, warm_rows = self.warmup
+            if self.rows_encoded > warm_rows and self.encode_seconds > warm_seconds:
+                return (self.rows_encoded - warm_rows) / (self.encode_seconds - warm_seconds)
+        return self.rows_encoded / self.encode_seconds
 
     def encode(self, pixels: torch.Tensor) -> _EncodedBatch:
         """Start encoding one prepared batch: image embeddings (store dtype) and logits (float32),
@@ -208,6 +227,8 @@ class _EncodedBatch:
             start = time.perf_counter()
             self.copied.synchronize()
             self.job.encode_seconds += time.perf_counter() - start
+        if self.job.warmup is None:
+            self.job.warmup = (self.job.encode_seconds, self.job.rows_encoded)
         return self.image.numpy(), None if self.logits is None else self.logits.numpy()
 
 
@@ -362,9 +383,12 @@ def _settings_fingerprint(runtime: Runtime, plan: Plan, adapter, **extra: Any) -
 def _open_array(store: Store, ranks: Ranks, dataset, adapter, name: str, shape, dtype: str, chunk_rows: int,
                 settings_fp: str, settings: dict[str, Any], plan: Plan, runtime: Runtime) -> StoreArray:  # fmt: skip
     fingerprints = {"dataset": dataset.fingerprint(), "model": adapter.fingerprint, "settings": settings_fp}
+    # Recorded, not fingerprinted: they may change between a run and its resume, and the batch size and
+    # CPU thread count can move float results in their last bits (README, "Resume").
     recorded = dict(
-        settings, batch_size=plan.settings.batch_size, device=str(runtime.device), workers=plan.settings.workers
-    )
+        settings, batch_size=plan.settings.batch_size, device=str(runtime.device), workers=plan.settings.workers,
+        cpu_threads=torch.get_num_threads(),
+    )  # fmt: skip
     return store.open_array_writer(
         dataset.name, adapter.model_id, name, shape=shape, dtype=dtype, chunk_rows=chunk_rows,
         fingerprints=fingerprints, settings=recorded, versions=_versions(),
@@ -486,6 +510,7 @@ def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime:
     """One pass over the dataset's missing chunks: read and decode each image once, feed every model."""
     settings, n = plan.settings, len(dataset)
     writer = ChunkWriter()
+    missing_anywhere = False
     for job in jobs:
         for array, name in ((job.image, "image_emb"), (job.logits, "logits")):
             if array is not None:
@@ -493,6 +518,7 @@ def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime:
                 job.assemblers.append((ChunkAssembler(array, writer.submit), name))
         missing = {c for c in range(job.image.n_chunks) if any(c not in done for done in job.done.values())}
         job.missing = {c for c in missing if ranks.owns(c)}
+        missing_anywhere = missing_anywhere or bool(missing)
     chunks = sorted(set().union(*(job.missing for job in jobs))) if jobs else []
     tasks = batch_tasks(n, job.image.chunk_rows if jobs else settings.chunk_rows, settings.batch_size, chunks)
     transforms = {}
@@ -501,7 +527,8 @@ def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime:
             transforms.setdefault(job.adapter.preprocess, job.adapter.pil_transform)
     rows_todo = sum(t.stop - t.start for t in tasks)
     if not tasks:
-        log(f"{dataset.name}: every array is complete; nothing to do")
+        log(f"{dataset.name}: every array is complete; nothing to do" if not missing_anywhere else
+            f"{dataset.name}: rank {ranks.rank} of {ranks.world} owns none of the chunks left to encode")  # fmt: skip
     bar = _progress_bar(rows_todo, f"{dataset.name}", progress and ranks.is_main and rows_todo > 0)
     pass_start = time.perf_counter()
     batches = iterate_prepared(
@@ -559,9 +586,10 @@ def _finish_dataset(
             f"{dataset.name}: {len(bad)} bad sample(s) recorded in bad_samples, e.g. row {first} ({keys.get(first)}): {bad[first]}"
         )
     for job in jobs:
-        per_s = job.rows_encoded / job.encode_seconds if job.encode_seconds else None
+        per_s = job.images_per_s
         if per_s:
             report.model_images_per_s[f"{job.model_id} on {dataset.name}"] = per_s
+            report.model_encode_seconds[f"{job.model_id} on {dataset.name}"] = job.encode_seconds
         for array, name in ((job.image, "image_emb"), (job.logits, "logits")):
             if array is None:
                 continue
