@@ -312,6 +312,22 @@ def test_style_keeps_known_group_colours_and_gives_each_source_a_marker():
     assert len(set(style.markers.values())) == 3
 
 
+def test_a_given_style_keeps_every_figures_markers_alike_and_legends_what_is_drawn():
+    wit = tuple(p for p in _points(n_per_group=5) if p.train_data != "LAION-2B")
+    panel = ScatterPanel("AUROC", "ID accuracy (%)", "AUROC (%)", wit)
+    report_style = figures.ModelStyle.for_models([p.group for p in _points()], ["LAION-2B", *(p.train_data for p in wit)])
+
+    def legend_markers(figure):
+        sources = figure.legends[1]
+        return {t.get_text(): h.get_marker() for t, h in zip(sources.get_texts(), sources.legend_handles, strict=True)}
+
+    alone = legend_markers(figures.metric_vs_accuracy([panel]))
+    in_report = legend_markers(figures.metric_vs_accuracy([panel], style=report_style))
+    assert alone.keys() == in_report.keys() == {p.train_data for p in wit}  # LAION-2B is not drawn: not listed
+    assert in_report == {source: report_style.markers[source] for source in in_report}
+    assert in_report != alone  # on its own the figure would have given its sources other markers
+
+
 @pytest.mark.parametrize(
     "draw",
     [

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,10 +164,12 @@ _LINE_STYLES = ("-", "--", ":", "-.")
 
 @dataclass(frozen=True)
 class ModelStyle:
-    """Colour per group and marker per training source, fixed for one figure (legends follow it).
+    """Colour per group and marker per training source (legends follow it).
 
     Known groups keep their colours in every figure; other groups get the remaining colours in
-    sorted order, then grey. Training sources get markers in sorted order (cycling past 14).
+    sorted order, then grey. Training sources get markers in sorted order (cycling past 14). The
+    report builds one style over all its models and hands it to every figure, so a group or source
+    looks the same in each; a figure's legends list only what it draws (`only`).
     """
 
     colours: dict[str, str]
@@ -181,6 +183,12 @@ class ModelStyle:
             colours[group] = KNOWN_GROUP_COLOURS.get(group) or next(others, UNKNOWN_STYLE_COLOUR)
         markers = {source: _MARKERS[i % len(_MARKERS)] for i, source in enumerate(sorted(set(train_data)))}
         return cls(colours, markers)
+
+    def only(self, groups: Iterable[str], train_data: Iterable[str]) -> ModelStyle:
+        """The same colours and markers, restricted to these groups and sources (for the legends)."""
+        groups, train_data = set(groups), set(train_data)
+        return ModelStyle({g: c for g, c in self.colours.items() if g in groups},
+                          {s: m for s, m in self.markers.items() if s in train_data})  # fmt: skip
 
     def legend_handles(self) -> tuple[list[Line2D], list[Line2D]]:
         """(group handles, training-data handles) for the figure's two legends."""
@@ -197,8 +205,10 @@ class ModelStyle:
         return groups, sources
 
 
-def _style_of(items: Sequence[ModelPoint | ModelValue | BeforeAfterPoint]) -> ModelStyle:
-    return ModelStyle.for_models([i.group for i in items], [i.train_data for i in items])
+def _style_of(items: Sequence[ModelPoint | ModelValue | BeforeAfterPoint], style: ModelStyle | None) -> ModelStyle:
+    """``style`` (or one made for ``items`` alone) restricted to the groups and sources of ``items``."""
+    groups, train_data = [i.group for i in items], [i.train_data for i in items]
+    return (style or ModelStyle.for_models(groups, train_data)).only(groups, train_data)
 
 
 def _add_model_legends(figure: Figure, style: ModelStyle) -> None:
@@ -377,6 +387,7 @@ def accuracy_on_the_line(
     regressor: str = "huber",
     title: str | None = None,
     max_columns: int = 3,
+    style: ModelStyle | None = None,
 ) -> Figure:
     """Shifted (y) vs reference (x) accuracy per model on ``transform``-scaled axes, one panel each.
 
@@ -387,7 +398,7 @@ def accuracy_on_the_line(
     """
     _require(panels, "accuracy on the line")
     figure, axes = _new_figure(len(panels), max_columns=max_columns, panel_size=(4.2, 3.9))
-    style = _style_of([p for panel in panels for p in panel.points])
+    style = _style_of([p for panel in panels for p in panel.points], style)
     for ax, panel in zip(axes, panels):
         _draw_accuracy_panel(ax, panel, style, transform, regressor)
     if title:
@@ -438,13 +449,14 @@ def metric_vs_accuracy(
     *,
     title: str | None = None,
     max_columns: int = 2,
+    style: ModelStyle | None = None,
 ) -> Figure:
     """A metric (y, fraction shown in %) against accuracy (x, fraction shown in %) per model, one panel
     each, on linear axes. Each training source with at least three models gets its OLS line (grey,
     one line style per source) labelled with Spearman's rho and R^2 (`trend_statistics`)."""
     _require(panels, "metric against accuracy")
     figure, axes = _new_figure(len(panels), max_columns=max_columns, panel_size=(4.6, 3.9))
-    style = _style_of([p for panel in panels for p in panel.points])
+    style = _style_of([p for panel in panels for p in panel.points], style)
     for ax, panel in zip(axes, panels):
         if not panel.points:
             raise AnalysisError(f"panel {panel.title!r} has no model with both values")
@@ -496,13 +508,17 @@ def _pad_linear_limits(ax: Axes, xs: np.ndarray, ys: np.ndarray, margin: float =
 
 
 def calibration_before_after(
-    panels: Sequence[BeforeAfterPanel], *, title: str | None = None, max_columns: int = 2
+    panels: Sequence[BeforeAfterPanel],
+    *,
+    title: str | None = None,
+    max_columns: int = 2,
+    style: ModelStyle | None = None,
 ) -> Figure:
     """A calibration metric against accuracy per model: hollow markers at T = 1, filled markers after
     temperature scaling, joined by a thin line (scaling never changes accuracy, so each pair is vertical)."""
     _require(panels, "calibration before/after temperature scaling")
     figure, axes = _new_figure(len(panels), max_columns=max_columns, panel_size=(4.6, 3.9))
-    style = _style_of([p for panel in panels for p in panel.points])
+    style = _style_of([p for panel in panels for p in panel.points], style)
     for ax, panel in zip(axes, panels):
         if not panel.points:
             raise AnalysisError(f"panel {panel.title!r} has no model with both values")
@@ -589,14 +605,16 @@ def _ece(diagram: ReliabilityDiagram) -> float:
 # Fig. 2 type: shape bias per model group
 
 
-def shape_bias_by_group(panels: Sequence[ValuePanel], *, title: str | None = None) -> Figure:
+def shape_bias_by_group(
+    panels: Sequence[ValuePanel], *, title: str | None = None, style: ModelStyle | None = None
+) -> Figure:
     """Shape bias per model, one row per model group (x in [0, 1]: 0 = all texture, 1 = all shape
     decisions among cue-conflict images), with each group's median as a vertical bar."""
     _require(panels, "shape bias")
     groups = sorted({v.group for panel in panels for v in panel.values})
     width = 8.5 if len(panels) == 1 else 5.0  # room for the legends below a single panel
     figure, axes = _new_figure(len(panels), max_columns=2, panel_size=(width, 0.6 * len(groups) + 1.4))
-    style = _style_of([v for panel in panels for v in panel.values])
+    style = _style_of([v for panel in panels for v in panel.values], style)
     for ax, panel in zip(axes, panels):
         if not panel.values:
             raise AnalysisError(f"panel {panel.title!r} has no model with a shape bias")

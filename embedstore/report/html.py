@@ -30,7 +30,7 @@ from typing import Any
 
 from embedstore.errors import AnalysisError
 from embedstore.report.data import ANALYSES, ReportData, ReportSelection, StoredResult
-from embedstore.report.kinds import FIGURE_KINDS, drawing_key, figure_kind, save_figure
+from embedstore.report.kinds import FIGURE_KINDS, drawing_key, figure_kind, model_style, save_figure
 from embedstore.store import Store, hash_object
 
 FIGURES_DIR = "figures"
@@ -70,6 +70,7 @@ def write_report(
     figures_dir.mkdir(parents=True, exist_ok=True)
     with store.session():
         data = ReportData.load(store, selection)
+    style = model_style(data)
     keys_file = figures_dir / DRAWING_KEYS
     earlier_keys = _read_drawing_keys(keys_file)
     keys: dict[str, str] = {}
@@ -85,9 +86,9 @@ def write_report(
             sections.append(_skipped_section(kind.title, name, str(reason)))
             continue
         files = tuple(figures_dir / f"{name}.{fmt}" for fmt in FIGURE_FORMATS)
-        keys[name] = drawing_key(name, sourced)
+        keys[name] = drawing_key(name, sourced, style)
         if keys[name] != earlier_keys.get(name) or not all(f.is_file() for f in files):
-            figure = kind.draw(sourced)
+            figure = kind.draw(sourced, style)
             for f in files:
                 save_figure(figure, f)
                 # The first save laid the figure out; the other formats keep that layout instead of

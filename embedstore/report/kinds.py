@@ -26,13 +26,14 @@ PNG_DPI = 110
 
 @dataclass(frozen=True)
 class FigureKind:
-    """``build`` turns the catalog into the figure's data; ``draw`` makes the figure from it."""
+    """``build`` turns the catalog into the figure's data; ``draw`` makes the figure from it, colouring
+    and marking models by the report's `model_style`."""
 
     name: str
     title: str
     caption: str
     build: Callable[[ReportData], Sourced]
-    draw: Callable[[Sourced], Figure]
+    draw: Callable[[Sourced, figures.ModelStyle], Figure]
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ FIGURE_KINDS: dict[str, FigureKind] = {
             "T(y) = a T(x) + b with T = probit (groups of 3+ models); dashed: y = x. Points above a group's line are "
             "effectively robust relative to that group (Taori et al. 2020).",
             report_data.accuracy_on_the_line_data,
-            lambda s: figures.accuracy_on_the_line(s.data, title=_title("Accuracy on the line", s)),
+            lambda s, style: figures.accuracy_on_the_line(s.data, title=_title("Accuracy on the line", s), style=style),
         ),
         FigureKind(
             "factors",
@@ -67,8 +68,8 @@ FIGURE_KINDS: dict[str, FigureKind] = {
             "images (x), probit-scaled, with per-group Huber fits and y = x: points below y = x find that factor "
             "harder than average (error ratio > 1).",
             report_data.factor_accuracy_data,
-            lambda s: figures.accuracy_on_the_line(
-                s.data, title=_title("Accuracy per ImageNet-X factor", s), max_columns=4
+            lambda s, style: figures.accuracy_on_the_line(
+                s.data, title=_title("Accuracy per ImageNet-X factor", s), max_columns=4, style=style
             ),
         ),
         FigureKind(
@@ -78,7 +79,7 @@ FIGURE_KINDS: dict[str, FigureKind] = {
             "texture differ (Geirhos et al. 2019; model-vs-human): 0 = texture only, 1 = shape only. "
             "Bars: group medians.",
             report_data.shape_bias_data,
-            lambda s: figures.shape_bias_by_group(s.data, title="Shape bias per model group"),
+            lambda s, style: figures.shape_bias_by_group(s.data, title="Shape bias per model group", style=style),
         ),
         FigureKind(
             "ood",
@@ -87,7 +88,9 @@ FIGURE_KINDS: dict[str, FigureKind] = {
             "accuracy on the ID dataset; all in %. FPR@95's convention (which class is positive) is in the axis "
             "label. Grey lines: OLS fit per training source, with Spearman's rho and R^2 in the legend.",
             report_data.ood_data,
-            lambda s: figures.metric_vs_accuracy(s.data, title=_title("OOD detection against ID accuracy", s)),
+            lambda s, style: figures.metric_vs_accuracy(
+                s.data, title=_title("OOD detection against ID accuracy", s), style=style
+            ),
         ),
         FigureKind(
             "calibration",
@@ -96,8 +99,8 @@ FIGURE_KINDS: dict[str, FigureKind] = {
             "calibrated dataset: hollow markers at T = 1, filled markers at the temperature fitted on held-out rows "
             "(Guo et al. 2017); scaling never changes accuracy, so each pair is vertical.",
             report_data.calibration_data,
-            lambda s: figures.calibration_before_after(
-                s.data, title="Calibration before and after temperature scaling"
+            lambda s, style: figures.calibration_before_after(
+                s.data, title="Calibration before and after temperature scaling", style=style
             ),
         ),
         FigureKind(
@@ -106,7 +109,7 @@ FIGURE_KINDS: dict[str, FigureKind] = {
             "Accuracy per confidence bin (equal-width bins of top-1 softmax probability, [lo, hi), the last closed) "
             "at T = 1 (solid) and at the fitted temperature (hatched); the diagonal is perfect calibration.",
             report_data.reliability_data,
-            lambda s: figures.reliability_diagrams(s.data),
+            lambda s, _style: figures.reliability_diagrams(s.data),
         ),
         FigureKind(
             "templates",
@@ -114,7 +117,7 @@ FIGURE_KINDS: dict[str, FigureKind] = {
             "Zero-shot top-1 accuracy of each prompt template used alone: bar = mean over CLIP models, whisker = "
             "their range, dots = single models; sorted by the mean.",
             report_data.template_accuracy_data,
-            lambda s: figures.template_accuracy(s.data, title=_title("Per-template accuracy", s)),
+            lambda s, _style: figures.template_accuracy(s.data, title=_title("Per-template accuracy", s)),
         ),
         FigureKind(
             "prompt-sets",
@@ -122,7 +125,7 @@ FIGURE_KINDS: dict[str, FigureKind] = {
             "Zero-shot top-1 accuracy of each CLIP model under each prompt set's ensemble "
             "(w_c = normalize(mean_t normalize(e_{c,t}))); the grey bar spans a model's range across sets.",
             report_data.prompt_set_data,
-            lambda s: figures.prompt_set_comparison(s.data, title=_title("Prompt-set comparison", s)),
+            lambda s, _style: figures.prompt_set_comparison(s.data, title=_title("Prompt-set comparison", s)),
         ),
         FigureKind(
             "retrieval",
@@ -131,8 +134,8 @@ FIGURE_KINDS: dict[str, FigureKind] = {
             "retrieval (text to image) and text retrieval (image to text) against zero-shot top-1 accuracy on the "
             "ID dataset; grey lines: OLS fit per training source with Spearman's rho and R^2.",
             report_data.retrieval_data,
-            lambda s: figures.metric_vs_accuracy(
-                s.data, title=_title("Retrieval recall against zero-shot accuracy", s)
+            lambda s, style: figures.metric_vs_accuracy(
+                s.data, title=_title("Retrieval recall against zero-shot accuracy", s), style=style
             ),
         ),
     )
@@ -145,12 +148,19 @@ def figure_kind(name: str) -> FigureKind:
     return FIGURE_KINDS[name]
 
 
-def drawing_key(name: str, sourced: Sourced) -> str:
+def model_style(data: ReportData) -> figures.ModelStyle:
+    """One colour per model group and one marker per training source over all the report's models,
+    so that every figure draws a group and a source alike."""
+    labels = list(data.models.values())
+    return figures.ModelStyle.for_models([label.group for label in labels], [label.train_data for label in labels])
+
+
+def drawing_key(name: str, sourced: Sourced, style: figures.ModelStyle) -> str:
     """sha256 of everything a figure's pixels depend on: the kind, the figure's data and subject, the
-    file formats' settings and the embedstore and matplotlib versions. Equal keys draw equal figures
+    report's model style, the file formats' settings and the embedstore and matplotlib versions. Equal keys draw equal figures
     (the report reuses the files of an earlier report with the same key); the data is hashed through
     its pickle, so equal data may at worst give two keys (a needless redraw), never the reverse."""
-    blob = pickle.dumps((name, sourced.data, sourced.subject), protocol=5)
+    blob = pickle.dumps((name, sourced.data, sourced.subject, style), protocol=5)
     versions = (embedstore.__version__, matplotlib.__version__, PNG_DPI)
     return hashlib.sha256(blob + repr(versions).encode()).hexdigest()
 
@@ -159,7 +169,7 @@ def render(name: str, data: ReportData) -> RenderedFigure:
     """Build and draw one figure kind; raises `MissingData` (or another `AnalysisError`) when it cannot."""
     kind = figure_kind(name)
     sourced = kind.build(data)
-    return RenderedFigure(kind, kind.draw(sourced), sourced.sources, sourced.notes)
+    return RenderedFigure(kind, kind.draw(sourced, model_style(data)), sourced.sources, sourced.notes)
 
 
 def figure_format(path: str | Path) -> str:
