@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
 
-from embedstore.analysis.robustness import REGRESSORS, TRANSFORMS
+from embedstore.analysis.robustness import MIN_MODELS_FOR_TREND, REGRESSORS, TRANSFORMS
 from embedstore.evaluate.robustness import DEFAULT_GROUP_BY, RobustnessReport, run_robustness
 from embedstore.store import Store
 from embedstore_cli.options import json_option, models_option, print_json, print_table, store_option, user_errors
@@ -51,6 +52,9 @@ def robustness_command(store_path: str, models: tuple[str, ...], id_dataset: str
         return
     bootstrap = report.settings.bootstrap > 0
     for shift in report.shifts:
+        if bootstrap and shift.trend.n < FEW_REFERENCE_MODELS:
+            click.echo(f"note: {shift.shifted}: the 95% band resamples only {shift.trend.n} reference models, so it is "
+                       "coarse: most resamples repeat models, and a line through two points fits them exactly", err=True)  # fmt: skip
         trend = shift.trend
         click.echo(
             f"{shift.shifted} vs {report.id_dataset}: {trend.transform}(acc_shift) = {trend.a:.4g} "
@@ -59,19 +63,37 @@ def robustness_command(store_path: str, models: tuple[str, ...], id_dataset: str
         )
         columns = ["model", "acc1_id", "acc1_shift", "predicted", "eff_robust_pp"]
         columns += ["ci_low", "ci_high"] if bootstrap else []
-        columns += ["reference", "accuracy_from"]
+        columns += ["reference", "acc1_from"]
         rows = []
         for m in shift.models:
-            row: list[Any] = [m.model, m.acc1_id, m.acc1_shift, m.predicted_acc1_shift, m.effective_robustness]
+            row: list[Any] = [m.model, m.acc1_id, m.acc1_shift, m.predicted_acc1_shift, _pp(m.effective_robustness)]
             if bootstrap:
-                row += [m.effective_robustness_ci_low, m.effective_robustness_ci_high]
-            row += ["yes" if m.in_reference else "", f"{m.acc1_id_source}/{m.acc1_shift_source}"]
+                row += [_pp(m.effective_robustness_ci_low), _pp(m.effective_robustness_ci_high)]
+            row += ["yes" if m.in_reference else "", _accuracy_from(m.acc1_id_source, m.acc1_shift_source)]
             rows.append(row)
         print_table(columns, rows)
         click.echo()
+        groups = list(shift.groups.values())
         print_table([report.settings.group_by, "models", "slope", "r2_transformed", "spearman"],
-                    [[g.group, g.n, g.slope, g.r2, g.spearman] for g in shift.groups.values()])  # fmt: skip
+                    [[g.group, g.n, g.slope, g.r2, g.spearman] for g in groups])  # fmt: skip
+        if any(math.isnan(g.slope) for g in groups):
+            click.echo(f"(nan: a group needs {MIN_MODELS_FOR_TREND} models with different ID accuracies for a slope "
+                       "and R^2, and 2 for Spearman)")  # fmt: skip
         click.echo()
+
+
+FEW_REFERENCE_MODELS = 10
+"""Below this many reference models, a bootstrap band is printed with a note on how coarse it is."""
+
+
+def _pp(value: float | None) -> float | None:
+    """Percentage points to 4 decimals for the table, without float noise such as -1.4e-15 or -0."""
+    return None if value is None else round(value, 4) + 0.0
+
+
+def _accuracy_from(id_source: str, shift_source: str) -> str:
+    """Where the two accuracies came from: stored `eval zeroshot` results or computed from the cache."""
+    return id_source if id_source == shift_source else f"id {id_source}, shift {shift_source}"
 
 
 def _as_json(report: RobustnessReport) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from embedstore.analysis.robustness import (
     fit_linear_trend,
     group_statistics,
     inverse_transform_accuracy,
+    min_resamples,
     spearman_rho,
     transform_accuracy,
 )
@@ -134,7 +135,7 @@ def test_bootstrap_band_contains_line_and_is_reproducible() -> None:
 def test_bootstrap_band_with_huber_runs() -> None:
     acc_x = np.linspace(0.4, 0.8, 6)
     acc_y = _on_line(acc_x, 1.0, -0.2, "probit") + np.array([0.01, -0.01, 0.0, 0.01, -0.01, 0.0])
-    band = bootstrap_trend_band(acc_x, acc_y, [0.5, 0.7], n_boot=30, seed=0, regressor="huber")
+    band = bootstrap_trend_band(acc_x, acc_y, [0.5, 0.7], n_boot=40, seed=0, regressor="huber")
     assert np.all(band.lower <= band.upper)
 
 
@@ -181,6 +182,10 @@ def test_bootstrap_and_groups_reject_bad_input() -> None:
     acc = [0.5, 0.6, 0.7]
     with pytest.raises(AnalysisError, match="n_boot"):
         bootstrap_trend_band(acc, acc, [0.5], n_boot=0)
+    # fewer resamples than 1 / tail would leave a tail empty: the bound would be the most extreme line
+    assert (min_resamples(0.95), min_resamples(0.9), min_resamples(0.99)) == (40, 20, 200)
+    with pytest.raises(AnalysisError, match=r"n_boot: a 95% band needs at least 40 resamples .* got 39"):
+        bootstrap_trend_band(acc, acc, [0.5], n_boot=39)
     with pytest.raises(AnalysisError, match="level"):
         bootstrap_trend_band(acc, acc, [0.5], level=1.0)
     with pytest.raises(AnalysisError, match="grid"):

@@ -218,6 +218,12 @@ def test_cli_prints_a_table_and_json(study_store):
     table = runner.invoke(robustness_command, args)
     assert table.exit_code == 0, table.output
     assert "import:robust" in table.output and "over 5 reference models" in table.output
+    header = next(line.split() for line in table.output.splitlines() if line.startswith("model "))
+    assert header[-2:] == ["reference", "acc1_from"] and "ci_low" not in header
+    banded = runner.invoke(robustness_command, [*args, "--bootstrap", "50"])
+    assert banded.exit_code == 0, banded.output
+    assert "note: shapes-v2: the 95% band resamples only 5 reference models, so it is coarse" in banded.stderr
+    assert "e-1" not in banded.stdout  # no float noise such as -1.4e-15 printed as a bound
     as_json = runner.invoke(robustness_command, [*args, "--json", "--transform", "logit"])
     assert as_json.exit_code == 0, as_json.output
     payload = json.loads(as_json.output)
@@ -232,4 +238,9 @@ def test_cli_user_errors_are_one_line(study_store):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "Error: reference: '1=1; DROP TABLE models' contains ';'; give a single condition, not statements"
+    ]
+    few = CliRunner().invoke(robustness_command, ["--store", str(study_store.path), "--model", "import:*", "--id",
+                                                  "shapes", "--shifted", "shapes-v2", "--bootstrap", "1"])  # fmt: skip
+    assert few.exit_code == 1 and few.output.strip().splitlines() == [
+        "Error: bootstrap: the number of resamples must be 0 (none) or at least 40 for a 95% band, got 1"
     ]

@@ -30,6 +30,7 @@ Conventions of this module (record them with every result, see `LinearTrend.para
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -205,6 +206,11 @@ def effective_robustness(
     return 100.0 * (y - trend.predict(x))
 
 
+def min_resamples(level: float) -> int:
+    """The fewest bootstrap resamples whose ``(1 - level) / 2`` tails each hold one resample: 40 at 95%."""
+    return math.ceil(2.0 / (1.0 - level) - 1e-9)
+
+
 def bootstrap_trend_band(
     acc_x: Sequence[float] | np.ndarray,
     acc_y: Sequence[float] | np.ndarray,
@@ -224,14 +230,17 @@ def bootstrap_trend_band(
     ``n_boot`` times (``numpy.random.default_rng(seed)``), refit the line in the transformed space,
     evaluate it at ``T(grid)``, and take the lower quantile with numpy's ``method="lower"`` and the
     upper with ``method="higher"`` (so each bound is one of the bootstrapped lines), then map back
-    with T^-1. Resamples with one distinct ``acc_x`` are skipped and counted out of ``n_boot_used``.
+    with T^-1. ``n_boot`` must reach `min_resamples` (40 at 95%): fewer leave a tail without a resample,
+    and the bound would be the extreme line. Resamples with one distinct ``acc_x`` are skipped and counted out of ``n_boot_used``.
     """
     x, y = _validate_pair(acc_x, acc_y)
     points = _validate_accuracies(grid, "grid")
-    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise AnalysisError(f"n_boot: must be a positive integer, got {n_boot!r}")
     if not 0.0 < level < 1.0:
         raise AnalysisError(f"level: must lie strictly between 0 and 1, got {level!r}")
+    fewest = min_resamples(level)
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < fewest:
+        raise AnalysisError(f"n_boot: a {100 * level:g}% band needs at least {fewest} resamples (one in each tail "
+                            f"of {100 * (1 - level) / 2:g}%), got {n_boot!r}")  # fmt: skip
     center_trend = fit_linear_trend(x, y, transform, regressor, eps=eps, huber_epsilon=huber_epsilon)
     tx = transform_accuracy(x, transform, eps=eps)
     ty = transform_accuracy(y, transform, eps=eps)

@@ -55,6 +55,7 @@ from embedstore.analysis.robustness import (
     effective_robustness,
     fit_linear_trend,
     group_statistics,
+    min_resamples,
 )
 from embedstore.analysis.zeroshot import acc1
 from embedstore.errors import AnalysisError, StoreError
@@ -271,10 +272,10 @@ class RobustnessSettings:
             raise AnalysisError(f"transform: {self.transform!r} is not one of {', '.join(TRANSFORMS)}")
         if self.regressor not in REGRESSORS:
             raise AnalysisError(f"regressor: {self.regressor!r} is not one of {', '.join(REGRESSORS)}")
-        if self.bootstrap < 0:
-            raise AnalysisError(
-                f"bootstrap: the number of resamples must be 0 (none) or positive, got {self.bootstrap}"
-            )
+        fewest = min_resamples(self.level)
+        if self.bootstrap < 0 or 0 < self.bootstrap < fewest:
+            raise AnalysisError(f"bootstrap: the number of resamples must be 0 (none) or at least {fewest} for a "
+                                f"{100 * self.level:g}% band, got {self.bootstrap}")  # fmt: skip
 
     def params(self, id_dataset: str, reference_models: Sequence[str]) -> dict[str, Any]:
         """The params stored with every per-model row (``group_by`` only concerns the summary rows)."""
