@@ -14,6 +14,7 @@ COMMANDS = {
     "sql": ("embedstore_cli.store_commands:sql_command", "Run a read-only SQL query on the catalog."),
     "rm": ("embedstore_cli.store_commands:rm_command", "Delete arrays so they can be extracted again."),
     "gc": ("embedstore_cli.store_commands:gc_command", "Remove leftovers no catalog row points to."),
+    "verify": ("embedstore_cli.store_commands:verify_command", "Check that every array reads back as written."),
     "export": ("embedstore_cli.exchange_commands:export_command", "Write one array to .npy, .h5 or Parquet."),
     "import": ("embedstore_cli.exchange_commands:import_command", "Import an embeddings matrix as a new array."),
     "merge": ("embedstore_cli.merge_command:merge_command", "Copy another store's complete arrays into this one."),

@@ -180,3 +180,33 @@ def gc_command(store_path: str, dry_run: bool, as_json: bool) -> None:
         click.echo(f"skipped dataset folder {folder}: {why}")
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {len(sweep.leftovers)} leftover(s), {sweep.bytes / 2**20:.1f} MiB")
+
+
+@click.command("verify")
+@store_option
+@click.option("--dataset", default=None, help="Only arrays of datasets matching this glob.")
+@click.option("--model", default=None, help="Only arrays of models matching this glob.")
+@json_option
+@user_errors
+def verify_command(store_path: str, dataset: str | None, model: str | None, as_json: bool) -> None:
+    """Read every done chunk of every array and check it against the CRC-32 its marker recorded, and
+    the catalog's progress against the markers. Exits with status 1 when an array is damaged."""
+    from embedstore.verify import OK, verify_arrays
+
+    store = Store.open(store_path)
+    checks = verify_arrays(store, dataset, model)
+    if not checks:
+        raise click.ClickException(f"no array of store {store.path} matches --dataset {dataset or '*'} "
+                                   f"--model {model or '*'}")  # fmt: skip
+    bad = [c for c in checks if c.status != OK]
+    if as_json:
+        print_json([vars(c) for c in checks])
+    else:
+        print_table(["dataset", "model", "array", "chunks", "status", "detail"],
+                    [[c.dataset, c.model, c.name, c.chunks_checked, c.status, c.detail] for c in checks])  # fmt: skip
+    if bad:
+        click.echo(f"Error: {len(bad)} of {len(checks)} array(s) damaged: remove each with `embedstore rm --store "
+                   f"{store.path} --dataset D --model M --array A --yes` and extract it again", err=True)  # fmt: skip
+        sys.exit(1)
+    if not as_json:
+        click.echo(f"{len(checks)} array(s) read back as written")

@@ -193,6 +193,31 @@ def listing_time(store) -> str:
     return store.query("SELECT CAST(max(created) AS VARCHAR) AS t FROM results")[0]["t"]
 
 
+def test_verify_finds_damaged_chunks_and_lost_markers(run, tmp_path, matrix):
+    data, _ = matrix
+    run("init")
+    for model in ("m1", "m2", "m3"):
+        run("import", "--dataset", "ds", "--model", model, "--array", "image_emb", tmp_path / "emb.npy",
+            "--keys", tmp_path / "keys.txt")  # fmt: skip
+    assert run("verify").output.endswith("3 array(s) read back as written\n")
+    arrays = tmp_path / "store" / "arrays.zarr" / "ds"
+    chunk = next((arrays / "m1").glob("image_emb/c/0/0"))
+    flipped = bytearray(chunk.read_bytes())
+    flipped[100] ^= 0x01  # one bit: same size, decodes, reads back different
+    chunk.write_bytes(bytes(flipped))
+    next((arrays / "m2").glob("image_emb/done/0")).unlink()
+    result = run("verify", "--json", ok=False)
+    assert result.exit_code == 1
+    checks = {c["model"]: c for c in json.loads(result.stdout)}
+    assert (checks["m1"]["status"], checks["m1"]["bad_chunks"]) == ("damaged", [0])
+    assert checks["m2"]["status"] == "damaged" and "catalog says complete but only 0 of 50 rows" in checks["m2"]["detail"]
+    assert checks["m3"]["status"] == "ok"
+    assert "Error: 2 of 3 array(s) damaged: remove each with `embedstore rm" in result.stderr
+    assert run("verify", "--model", "m3").exit_code == 0
+    missing = run("verify", "--dataset", "other", ok=False)
+    assert missing.exit_code == 1 and "no array of store" in missing.output
+
+
 def test_rm_deletes_arrays(run, tmp_path, matrix):
     run("init")
     run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt")

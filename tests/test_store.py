@@ -119,6 +119,37 @@ def test_reads_rows_by_slice_and_index_list(store, compression):
         arr.read([10])
 
 
+@pytest.mark.parametrize("compression", ["none", "blosc-lz4", "zstd"])
+@pytest.mark.parametrize("damage", ["cut short", "deleted"])
+def test_a_damaged_chunk_is_refused_never_read_as_zeros_or_stale_bytes(store, compression, damage):
+    data = np.arange(40, dtype="float32").reshape(10, 4) + 1
+    arr = store.open_array_writer("ds", "m", "image_emb", shape=data.shape, dtype="float32", chunk_rows=4,
+                                  fingerprints=FINGERPRINTS, compression=compression)  # fmt: skip
+    for i in range(arr.n_chunks):
+        a, b = arr.chunk_bounds(i)
+        arr.write_chunk(i, data[a:b])
+    store.update_array_progress("ds", "m", "image_emb")
+    np.testing.assert_array_equal(arr.read(), data)  # leaves the previous read's bytes in the scratch buffer
+    chunk = store.path / "arrays.zarr" / arr.path / "c" / "1" / "0"
+    if damage == "cut short":
+        chunk.write_bytes(chunk.read_bytes()[:20])
+    else:
+        chunk.unlink()
+    for rows in (None, slice(4, 6), slice(0, 10, 2), [5], [0, 9, 5], [4, 5, 6]):
+        with pytest.raises(StoreError, match=r"array ds/m.* is damaged: .*embedstore verify"):
+            arr.read(rows)
+    with pytest.raises(StoreError, match="^image_emb of model m on dataset ds is damaged: chunk 1 is marked done but its file c/1/0 "):
+        store.read_array("ds", "m", "image_emb")
+    np.testing.assert_array_equal(arr.read([0, 9, 1]), data[[0, 9, 1]])  # the other chunks still read
+    assert [arr.verify_chunk(i) for i in range(3)] == [True, False, True]
+
+
+def test_chunks_not_written_yet_read_as_zeros(store):
+    arr = _writer(store, dtype="float32")
+    arr.write_chunk(2, np.ones((2, 4)))
+    assert arr.read().sum() == 8 and arr.read([0, 9]).sum() == 4 and arr.read([1, 2, 3]).sum() == 0
+
+
 def test_torn_marker_counts_as_not_done(store):
     arr = _writer(store)
     arr.write_chunk(0, np.ones((4, 4)))

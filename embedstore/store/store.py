@@ -44,6 +44,11 @@ def stored_model_id(model: str) -> str:
     return model + ":0" if model.endswith("@random") else model
 
 
+def _label(dataset: str, model: str, name: str) -> str:
+    """How an error names an array."""
+    return f"{name} of model {model} on dataset {dataset}"
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC).replace(tzinfo=None)
 
@@ -558,7 +563,7 @@ class Store:
         return self._require_array(dataset, model, name)
 
     def array(self, dataset: str, model: str, name: str) -> StoreArray:
-        return self.arrays.open_array(self._require_array(dataset, model, name).path)
+        return self.arrays.open_array(self._require_array(dataset, model, name).path, _label(dataset, model, name))
 
     def read_array(
         self,
@@ -582,9 +587,11 @@ class Store:
         info = self._require_array(dataset, model, name)
         stamp = self.arrays.metadata_stamp(info.path) if info.status == "complete" else None
         if stamp is not None:  # a finished array is opened once per snapshot, while its metadata file is the same
-            arr = self.catalog.remembered(("array", info.path, stamp), lambda: self.arrays.open_array(info.path))
+            arr = self.catalog.remembered(
+                ("array", info.path, stamp), lambda: self.arrays.open_array(info.path, _label(dataset, model, name))
+            )
         else:
-            arr = self.arrays.open_array(info.path)
+            arr = self.arrays.open_array(info.path, _label(dataset, model, name))
         if not allow_partial and info.status != "complete":
             done = arr.rows_done()
             if done != info.rows_total:
