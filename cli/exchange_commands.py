@@ -53,7 +53,12 @@ def export_command(store_path: str, dataset: str, model: str, name: str, output:
 def import_command(
     store_path: str, dataset: str, model: str, name: str, file: str, keys_file: str | None, h5_dataset: str
 ) -> None:
-    """Import an embeddings matrix as a new array; rows are placed by sample key."""
-    shape = import_array(Store.open(store_path, readonly=False), dataset, model, name, file,
-                         keys_file=keys_file, h5_dataset=h5_dataset)  # fmt: skip
+    """Import an embeddings matrix as a new array; rows are placed by sample key. A dataset not in the
+    store is registered with the file's keys as its samples."""
+    store = Store.open(store_path, readonly=False)
+    new_dataset = not store.query("SELECT name FROM datasets WHERE name = ?", [dataset])
+    shape = import_array(store, dataset, model, name, file, keys_file=keys_file, h5_dataset=h5_dataset)
     click.echo(f"imported {file} as {dataset}/{model}/{name} {list(shape)}")
+    if new_dataset:
+        click.echo(f"registered new dataset {dataset} ({shape[0]} samples, keyed as in {file}): a dataset the store "
+                   "already has keeps its name, so check the spelling if you meant one")  # fmt: skip

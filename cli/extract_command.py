@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from embedstore.extract.plan import COMPRESSIONS, DECODES, DTYPES, PRECISIONS, Plan, load_plan, plan_from_args
+from embedstore.extract.plan import COMPRESSIONS, DECODES, DTYPES, PRECISIONS, load_plan, plan_from_args
 from embedstore.extract.runner import run_extraction_at
 from embedstore_cli.options import print_table, store_option, user_errors
 
@@ -46,14 +46,7 @@ def extract_command(store_path: str, plan_file: str | None, models: tuple[str, .
     refused before writing anything). Under torchrun each rank takes its own
     chunks of every pass."""
     if plan_file:
-        plan = load_plan(plan_file)
-        if models or datasets:
-            extra = plan_from_args(
-                models or [plan.models[0].id], datasets or [f"{plan.datasets[0].name}={plan.datasets[0].source}"]
-            )
-            plan = Plan(plan.models + tuple(m for m in extra.models if models),
-                        plan.datasets + tuple(d for d in extra.datasets if datasets), plan.settings)  # fmt: skip
-        plan = plan.with_settings(**settings)
+        plan = load_plan(plan_file, models, datasets).with_settings(**settings)
     else:
         plan = plan_from_args(models, datasets, **settings)
     report = run_extraction_at(store_path, plan, log=lambda msg: click.echo(msg, err=True), progress=not no_progress)

@@ -90,13 +90,19 @@ def ls_command(store_path: str, as_json: bool) -> None:
 def sql_command(store_path: str, statement: str, fmt: str, output: str | None) -> None:
     """Run a read-only SQL query on the catalog (tables: models, datasets, samples, captions,
     annotations, templates, prompt_sets, arrays, bad_samples, results)."""
-    table = Store.open(store_path).sql(statement)
+    store = Store.open(store_path)
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet needs --output FILE")
+    if output:
+        store.output_path(output)
+    table = store.sql(statement)
     if fmt == "parquet":
-        if output is None:
-            raise click.UsageError("--format parquet needs --output FILE")
         import pyarrow.parquet as pq
 
-        pq.write_table(table, output)
+        try:
+            pq.write_table(table, output)
+        except OSError as exc:  # pyarrow's errors do not name the file
+            raise click.ClickException(f"cannot write {output}: {exc}") from None
         click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
         return
     rows = [list(r.values()) for r in table.to_pylist()]

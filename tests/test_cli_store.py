@@ -128,7 +128,7 @@ def test_import_errors_are_one_line(run, tmp_path, matrix):
 def test_import_refuses_what_analyses_could_not_use_and_registers_nothing(run, tmp_path, matrix):
     data, _ = matrix
     run("init")
-    run("import", "--dataset", "ds", "--model", "m", "--array", "image_emb", tmp_path / "emb.npy",
+    run("import", "--dataset", "ds0", "--model", "m", "--array", "image_emb", tmp_path / "emb.npy",
         "--keys", tmp_path / "keys.txt")  # fmt: skip
     with_nan = data.astype("float32")
     with_nan[[7, 9], 2] = np.nan
@@ -137,7 +137,7 @@ def test_import_refuses_what_analyses_could_not_use_and_registers_nothing(run, t
     counts = np.ones((50, 6), dtype="int64")
     cases = [
         (with_nan, "image_emb", "2 row(s) hold NaN or infinite values, the first for sample key 'img007'"),
-        (wide, "caption_emb", "rows have 8 values but model m's embeddings have 6 (image_emb on ds)"),
+        (wide, "caption_emb", "rows have 8 values but model m's embeddings have 6 (image_emb on ds0)"),
         (cube, "image_emb", "holds a 3-D float32 array; image_emb must be a 2-D floating-point matrix"),
         (counts, "logits", "holds a 2-D int64 array; logits must be a 2-D floating-point matrix"),
         (cube, "text_emb", "text_emb is per class and template, not one row per sample"),
@@ -161,6 +161,95 @@ def test_import_refuses_what_analyses_could_not_use_and_registers_nothing(run, t
     np.save(tmp_path / "wide.npy", wide)
     run("import", "--dataset", "ds", "--model", "m-wide", "--array", "caption_emb", tmp_path / "wide.npy",
         "--keys", tmp_path / "keys.txt")  # fmt: skip
+
+def test_import_refuses_unusable_files_names_and_ids_in_one_line(run, tmp_path, matrix):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run("init")
+    keys = [f"img{i:03d}" for i in range(50)]
+    tables = {
+        "no-values.parquet": pa.table({"key": keys, "emb": [[1.0, 2.0]] * 50}),
+        "strings.parquet": pa.table({"key": keys, "values": [["a", "b"]] * 50}),
+        "ragged.parquet": pa.table({"key": keys, "values": [[1.0, 2.0]] * 7 + [[1.0]] + [[1.0, 2.0]] * 42}),
+        "null-row.parquet": pa.table({"key": keys, "values": [[1.0, 2.0]] * 3 + [None] + [[1.0, 2.0]] * 46}),
+    }
+    for name, table in tables.items():
+        pq.write_table(table, tmp_path / name)
+    (tmp_path / "text.npy").write_text("not numpy\n")
+    cases = [
+        ("no-values.parquet", "image_emb", "m", "needs the columns values, key (one list of numbers per row"),
+        ("strings.parquet", "image_emb", "m", "column values holds list<element: string>; it must hold one list of numbers"),
+        ("ragged.parquet", "image_emb", "m", "row 7 of column values is 1 long, row 0 2"),
+        ("null-row.parquet", "image_emb", "m", "row 3 of column values is empty (null)"),
+        ("text.npy", "image_emb", "m", "text.npy is not a .npy file"),
+        ("emb.npy", "foo_emb", "m", "array 'foo_emb': import takes image_emb, caption_emb, logits"),
+        ("emb.npy", "image_emb", "openclip:*", "model id 'openclip:*' holds a glob character"),
+    ]
+    for file, array, model, message in cases:
+        extra = ["--keys", tmp_path / "keys.txt"] if file.endswith(".npy") else []
+        result = run("import", "--dataset", "ds", "--model", model, "--array", array, tmp_path / file, *extra, ok=False)
+        assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
+    assert json.loads(run("ls", "--json").output)["datasets"] == []
+    first = run("import", "--dataset", "ds", "--model", "m", "--array", "image_emb", tmp_path / "emb.npy",
+                "--keys", tmp_path / "keys.txt").output  # fmt: skip
+    assert "registered new dataset ds (50 samples, keyed as in" in first
+    again = run("import", "--dataset", "ds", "--model", "m", "--array", "image_emb", tmp_path / "emb.npy",
+                "--keys", tmp_path / "keys.txt", ok=False)  # fmt: skip
+    assert "image_emb of model m on dataset ds is already in store" in again.output and "embedstore rm" in again.output
+    assert "registered new dataset" not in run("import", "--dataset", "ds", "--model", "m2", "--array", "image_emb",
+                                               tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt").output  # fmt: skip
+
+
+def test_import_refuses_logits_that_do_not_match_the_datasets_classes(tmp_path, matrix):
+    from embedstore.errors import StoreError
+    from embedstore.store import Store
+    from embedstore.store.exchange import import_array
+
+    class Sample:
+        def __init__(self, row):
+            self.row, self.key, self.label, self.locator, self.captions, self.annotations = row, f"img{row:03d}", 0, None, (), {}
+
+    class Labelled:
+        name, kind, spec, root, task, templates = "labelled", "imported", "test", None, "classification", ["{c}"]
+        classnames, class_subset, samples = ["a", "b", "c"], None, [Sample(i) for i in range(50)]
+
+        def fingerprint(self):
+            return "labelled"
+
+    store = Store.create(tmp_path / "store")
+    store.register_dataset(Labelled())
+    with pytest.raises(StoreError, match="rows have 6 logits but dataset labelled has 3 classes"):
+        import_array(store, "labelled", "clf", "logits", tmp_path / "emb.npy", keys_file=tmp_path / "keys.txt")
+    np.save(tmp_path / "three.npy", np.ones((50, 3), dtype="float32"))
+    import_array(store, "labelled", "clf", "logits", tmp_path / "three.npy", keys_file=tmp_path / "keys.txt")
+
+
+def test_export_and_sql_write_only_where_asked_and_never_into_the_store(run, tmp_path, matrix):
+    run("init")
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy",
+        "--keys", tmp_path / "keys.txt")  # fmt: skip
+    catalog = (tmp_path / "store" / "catalog.duckdb").read_bytes()
+    refused = [
+        (["sql", "select 1", "--format", "csv", "--output", tmp_path / "store" / "catalog.duckdb"], "lies inside store"),
+        (["sql", "select 1", "--format", "parquet", "--output", tmp_path / "missing" / "x.parquet"],
+         f"folder {tmp_path / 'missing'} does not exist"),
+        (["export", "--dataset", "ds", "--model", "m1", "--array", "image_emb", "-o", tmp_path / "missing" / "x.h5"],
+         f"folder {tmp_path / 'missing'} does not exist"),
+        (["export", "--dataset", "ds", "--model", "m1", "--array", "image_emb", "-o", tmp_path / "store" / "x.npy"],
+         "lies inside store"),
+        (["export", "--dataset", "ds", "--model", "m*", "--array", "imag_emb", "-o", tmp_path / "x.npy"],
+         "dataset ds has no imag_emb array of any model; its arrays: image_emb"),
+        (["export", "--dataset", "dz", "--model", "m*", "--array", "image_emb", "-o", tmp_path / "x.npy"],
+         "dataset 'dz' is not in store"),
+    ]  # fmt: skip
+    for args, message in refused:
+        result = run(*args, ok=False)
+        assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
+    assert (tmp_path / "store" / "catalog.duckdb").read_bytes() == catalog and not (tmp_path / "missing").exists()
+    run("export", "--dataset", "ds", "--model", "m1", "--array", "image_emb", "-o", tmp_path / "emb.bin", "--format", "npy")
+    assert (tmp_path / "emb.bin").read_bytes() == (tmp_path / "emb.npy").read_bytes()
+
 
 def test_ls_and_sql_formats(run, tmp_path, matrix):
     run("init")

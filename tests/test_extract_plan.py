@@ -88,8 +88,24 @@ def test_unreadable_files_are_one_line(tmp_path):
 
 
 def test_command_line_plans_check_the_same_settings():
-    with pytest.raises(PlanError, match="settings.workers must be 0 or more"):
+    with pytest.raises(PlanError, match="settings.workers must be 0 or more, got -1 \\(--workers\\)"):
         plan_from_args(["openclip:embedstore-tiny@random"], ["d=synthetic:shapes"], workers=-1)
+    with pytest.raises(PlanError, match="settings.batch_size must be a positive integer, got 0 \\(--batch-size\\)"):
+        plan_from_args(["openclip:embedstore-tiny@random"], ["d=synthetic:shapes"], batch_size=0)
+
+
+def test_a_settings_mistake_in_a_plan_names_the_file(tmp_path):
+    path = _plan(tmp_path, GOOD.replace("batch_size = 64", 'batch_size = "4"', 1))
+    with pytest.raises(PlanError, match=f"^{path}: settings.batch_size must be a positive integer, got '4'"):
+        load_plan(path)
+
+
+def test_models_and_datasets_from_the_command_line_complete_a_plan_file(tmp_path):
+    only_datasets = _plan(tmp_path, 'datasets = [{ name = "d", source = "synthetic:shapes" }]\n')
+    with pytest.raises(PlanError, match="the plan names no model"):
+        load_plan(only_datasets)
+    plan = load_plan(only_datasets, ["timm:test_vit@random"], ["e=synthetic:shapes?n=8"])
+    assert [m.id for m in plan.models] == ["timm:test_vit@random"] and [d.name for d in plan.datasets] == ["d", "e"]
 
 
 def test_a_model_named_twice_is_refused_also_under_its_two_random_spellings():

@@ -189,6 +189,10 @@ def test_a_damaged_index_file_is_one_clear_error_and_listed_as_unreadable(tiny_s
     sidecar.write_text(json.dumps(record))
     with pytest.raises(EmbedstoreError, match="its sidecar says 64x16"):
         find_neighbors(tiny_store, CLIP, "shapes", NeighborQuery(row=0))
+    sidecar.write_text("{not json")
+    for verify in (True, False):  # a sidecar that cannot be read is listed, not the end of the listing
+        (listed,) = list_saved_indexes(tiny_store, verify=verify)
+        assert (listed.model, listed.array, listed.kind, listed.status) == (CLIP, "image_emb", "hnsw", "unreadable")
 
 
 def test_one_index_per_kind_whatever_backend_wrote_it(planar, monkeypatch):

@@ -151,6 +151,11 @@ def test_report_command_writes_the_report_and_lists_skipped_figures(tiny_store, 
     )
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: no model in store")
+    result = runner.invoke(
+        report_command, ["--store", str(tiny_store.path), "--out", str(tmp_path / "r3"), "--ood-score", "mcn"]
+    )
+    assert result.exit_code == 1 and "OOD score 'mcn': no ood result of store" in result.output, result.output
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()  # a refused report writes nothing
 
 
 def test_selection_restricts_the_tables_and_stale_figures_are_removed(study_report, tmp_path):

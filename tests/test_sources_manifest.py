@@ -217,3 +217,9 @@ def test_caption_manifest_with_one_row_per_pair(root):
 def test_bad_caption_manifests_are_rejected(root, text, message):
     with pytest.raises(DatasetError, match=message):
         open_dataset("bad", f"captions:{_csv(root, text)}")
+
+
+def test_a_missing_caption_set_is_named_as_missing(root):
+    for missing in ("nowhere", "nowhere.csv"):
+        with pytest.raises(DatasetError, match=rf"caption set .*{missing}' does not exist \(give a WebDataset folder"):
+            open_dataset("bad", f"captions:{root / missing}")

@@ -277,7 +277,8 @@ def delete_saved_indexes(store: Store, dataset: str, model: str, array: str) -> 
 def list_saved_indexes(store: Store, *, verify: bool = False) -> list[SavedIndex]:
     """Every index saved under ``STORE/indexes``, sorted by dataset, model, array, kind. With
     ``verify``, each is checked against its array's current rows (reads every indexed array) and
-    loaded once (``unreadable`` when its file is damaged or does not match its sidecar)."""
+    loaded once (``unreadable`` when its file is damaged or does not match its sidecar). A sidecar that
+    cannot be read is listed as ``unreadable`` whether or not ``verify``."""
     arrays = {(a.dataset, a.model, a.name) for a in store.list_arrays()}
     owners = {(path_component(d), path_component(m)): (d, m) for d, m, _ in arrays}
     found = []
@@ -288,8 +289,13 @@ def list_saved_indexes(store: Store, *, verify: bool = False) -> list[SavedIndex
         array, kind, payload = parts
         folders = (sidecar_file.parent.parent.name, sidecar_file.parent.name)
         dataset, model = owners.get(folders, folders)
-        sidecar = IndexSidecar.read(sidecar_file)
         path = sidecar_file.with_name(sidecar_file.name.removesuffix(".json"))
+        size = path.stat().st_size if path.is_file() else 0
+        try:
+            sidecar = IndexSidecar.read(sidecar_file)
+        except StoreError:  # one damaged sidecar is listed as such, not the end of the listing
+            found.append(SavedIndex(dataset, model, array, kind, path, 0, 0, {}, "", size, UNREADABLE))
+            continue
         if (dataset, model, array) not in arrays:
             status = NO_ARRAY
         elif verify:
@@ -301,7 +307,6 @@ def list_saved_indexes(store: Store, *, verify: bool = False) -> list[SavedIndex
                 status = UNREADABLE
         else:
             status = UNCHECKED
-        size = path.stat().st_size if path.is_file() else 0
         found.append(SavedIndex(dataset, model, array, kind, path, sidecar.n, sidecar.dim, sidecar.spec.params(),
                                 sidecar.built_with, size, status))  # fmt: skip
     return sorted(found, key=lambda s: (s.dataset, s.model, s.array, s.kind))

@@ -68,15 +68,20 @@ class Settings:
                   ("decode", self.decode, DECODES), ("compression", self.compression, COMPRESSIONS)]  # fmt: skip
         for name, value, allowed in checks:
             if value not in allowed:
-                raise PlanError(f"settings.{name} = {value!r}: use one of {', '.join(allowed)}")
+                raise PlanError(f"settings.{name} = {value!r}: use one of {', '.join(allowed)} ({_flag(name)})")
         for name in ("batch_size", "chunk_rows", "pixel_limit"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise PlanError(f"settings.{name} must be a positive integer, got {value!r}")
+                raise PlanError(f"settings.{name} must be a positive integer, got {value!r} ({_flag(name)})")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
-            raise PlanError(f"settings.workers must be 0 or more, got {self.workers!r}")
+            raise PlanError(f"settings.workers must be 0 or more, got {self.workers!r} (--workers)")
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise PlanError(f"settings.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+            raise PlanError(f"settings.device = {self.device!r}: use auto, cpu, cuda or cuda:N (--device)")
+
+
+def _flag(setting: str) -> str:
+    """The extract option that sets ``setting`` on the command line."""
+    return "--" + setting.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -122,12 +127,13 @@ class Plan:
 _SETTINGS_KEYS = set(Settings.__dataclass_fields__)
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read a TOML plan file; every mistake is one line naming the file and the key."""
+def load_plan(path: str | Path, models: Sequence[str] = (), datasets: Sequence[str] = ()) -> Plan:
+    """Read a TOML plan file; every mistake is one line naming the file and the key. ``models`` (ids)
+    and ``datasets`` (``NAME=KIND:PATH``), given on the command line, are added to the plan's."""
     from embedstore.analysis.prompts import validate_templates
     from embedstore.sources.spec import DATASET_NAME
 
-    path = Path(path)
+    path, models_given, datasets_given = Path(path), models, datasets
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -182,9 +188,10 @@ def load_plan(path: str | Path) -> Plan:
         datasets.append(DatasetPlan(str(entry["name"]), source, options, prompt_sets, origin=where))
     try:
         settings = Settings(**settings_raw)
-    except TypeError as exc:
+    except (TypeError, PlanError) as exc:
         raise PlanError(f"{path}: {exc}") from None
-    return Plan(tuple(models), tuple(datasets), settings)
+    extra = _from_args(models_given, datasets_given)
+    return Plan(tuple(models) + extra.models, tuple(datasets) + extra.datasets, settings)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -194,8 +201,18 @@ def _require(condition: bool, message: str) -> None:
 
 def plan_from_args(models: Sequence[str], datasets: Sequence[str], **settings: Any) -> Plan:
     """A plan from ``--model`` ids and ``--dataset NAME=KIND:PATH`` specs."""
+    parts = _from_args(models, datasets)
+    return Plan(parts.models, parts.datasets).with_settings(**settings)
+
+
+@dataclass(frozen=True)
+class _PlanParts:
+    models: tuple[ModelPlan, ...]
+    datasets: tuple[DatasetPlan, ...]
+
+
+def _from_args(models: Sequence[str], datasets: Sequence[str]) -> _PlanParts:
     from embedstore.sources import parse_dataset_spec
 
     parsed = [parse_dataset_spec(text) for text in datasets]
-    plan = Plan(tuple(ModelPlan(m) for m in models), tuple(DatasetPlan(n, s) for n, s in parsed))
-    return plan.with_settings(**settings)
+    return _PlanParts(tuple(ModelPlan(m) for m in models), tuple(DatasetPlan(n, s) for n, s in parsed))

@@ -156,7 +156,8 @@ class ReportData:
 
     @classmethod
     def load(cls, store: Store, selection: ReportSelection | None = None) -> ReportData:
-        """Read the catalog; ``selection``'s model and dataset patterns must each match something."""
+        """Read the catalog; ``selection``'s model and dataset patterns must each match something, and a
+        prompt set or OOD score it names must occur in the store."""
         selection = selection or ReportSelection()
         models = resolve_models(store, selection.models) if selection.models else None
         datasets = resolve_datasets(store, selection.datasets) if selection.datasets else None
@@ -170,6 +171,11 @@ class ReportData:
         model_rows = tuple(store.query("SELECT * FROM models ORDER BY model_id"))
         dataset_rows = {r["name"]: r for r in store.query("SELECT * FROM datasets ORDER BY name")}
         every = [_stored_result(r) for r in store.query("SELECT * FROM results ORDER BY created, analysis, metric")]
+        if selection.ood_score is not None:
+            scores = {str(r.params.get("score")) for r in every if r.analysis == "ood" and r.params.get("score")}
+            if selection.ood_score not in scores:
+                raise AnalysisError(f"OOD score {selection.ood_score!r}: no ood result of store {store.path} uses it; "
+                                    f"stored scores: {', '.join(sorted(scores)) or 'none'}")  # fmt: skip
         id_dataset, reason = choose_id_dataset(every, dataset_rows, selection)
         keep_datasets = None if datasets is None else set(datasets) | ({id_dataset} if id_dataset else set())
         results = tuple(

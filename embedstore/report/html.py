@@ -66,10 +66,10 @@ def write_report(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise AnalysisError(f"report folder {out} exists and is not a folder")
+    with store.session():
+        data = ReportData.load(store, selection)  # a selection that matches nothing is refused before any write
     figures_dir = out / FIGURES_DIR
     figures_dir.mkdir(parents=True, exist_ok=True)
-    with store.session():
-        data = ReportData.load(store, selection)
     style = model_style(data)
     keys_file = figures_dir / DRAWING_KEYS
     earlier_keys = _read_drawing_keys(keys_file)

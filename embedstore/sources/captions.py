@@ -37,6 +37,8 @@ def open_captions(name: str, spec: str, path: str, options: Mapping[str, Any]) -
     """Register a caption set from a WebDataset root (a folder) or a caption manifest (a file)."""
     if os.path.isdir(path):
         return _open_wds_captions(name, spec, path, options)
+    if not os.path.exists(path):
+        raise DatasetError(f"caption set {path!r} does not exist (give a WebDataset folder or a caption manifest)")
     if "split" in options:
         raise DatasetError(f"caption manifest {path!r}: a split applies only to WebDataset roots")
     return _open_manifest_captions(name, spec, path, options)

@@ -44,21 +44,30 @@ def export_array(
 ) -> tuple[Path, tuple[int, ...], str]:
     """Write one array to ``output``; ``model`` may be a glob matching one model (``Store.model_with_array``).
     Returns the path, the array's shape and the model id."""
-    output = Path(output)
+    output = store.output_path(output)
     fmt = _format_of(output, fmt)
+    store.dataset_info(dataset)
     model = store.model_with_array(dataset, model, name)
     data = store.read_array(dataset, model, name)
     keys = _row_keys(store, dataset, name, data.shape[0])
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_matrix(output, fmt, data, keys, {"dataset": dataset, "model": model, "name": name})
+    except OSError as exc:  # h5py and pyarrow raise without naming the file
+        raise StoreError(f"cannot write {output}: {exc.strerror or exc}") from None
+    return output, tuple(data.shape), model
+
+
+def _write_matrix(output: Path, fmt: str, data: np.ndarray, keys: list[str], about: dict[str, str]) -> None:
     if fmt == "npy":
-        np.save(output, data)
+        with output.open("wb") as f:  # np.save on a name would add ".npy" to one without it
+            np.save(f, data)
     elif fmt == "h5":
         import h5py
 
         with h5py.File(output, "w") as f:
             f.create_dataset("data", data=data)
             f.create_dataset("keys", data=np.asarray(keys, dtype=object), dtype=h5py.string_dtype())
-            f.attrs.update({"dataset": dataset, "model": model, "name": name})
+            f.attrs.update(about)
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -71,7 +80,6 @@ def export_array(
             b"embedstore.dtype": str(data.dtype).encode(),
         }
         pq.write_table(table.replace_schema_metadata(meta), output)
-    return output, tuple(data.shape), model
 
 
 def _row_keys(store: Store, dataset: str, name: str, n: int) -> list[str]:
@@ -142,6 +150,9 @@ def read_matrix(
     keys: list[str] | None = None
     try:
         if fmt == "npy":
+            with path.open("rb") as f:
+                if f.read(6) != b"\x93NUMPY":
+                    raise StoreError(f"{path} is not a .npy file (numpy.save writes one)")
             data = np.load(path, allow_pickle=False)
         elif fmt == "h5":
             import h5py
@@ -153,17 +164,7 @@ def read_matrix(
                 if "keys" in f and keys_file is None:
                     keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["keys"][...]]
         else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-            meta = table.schema.metadata or {}
-            flat = np.asarray(table.column("values").combine_chunks().flatten().to_numpy(zero_copy_only=False))
-            shape = json.loads(meta[b"embedstore.shape"]) if b"embedstore.shape" in meta else None
-            data = flat.reshape(shape if shape else (table.num_rows, -1))
-            if b"embedstore.dtype" in meta:
-                data = data.astype(meta[b"embedstore.dtype"].decode(), copy=False)
-            if keys_file is None:
-                keys = [str(k) for k in table.column("key").to_pylist()]
+            data, keys = _read_parquet(path, with_keys=keys_file is None)
     except (OSError, ValueError) as exc:
         raise StoreError(f"cannot read {path}: {exc}") from None
     if keys_file is not None:
@@ -176,6 +177,41 @@ def read_matrix(
         raise StoreError(f"{path} has {data.shape[0] if data.ndim else 0} rows but {len(keys)} keys were given")
     if len(set(keys)) != len(keys):
         raise StoreError(f"duplicate sample keys in the keys for {path}")
+    return data, keys
+
+
+def _read_parquet(path: Path, with_keys: bool) -> tuple[np.ndarray, list[str] | None]:
+    """The ``values`` column (one equal-length list of numbers per row) and, ``with_keys``, the ``key``
+    column of a Parquet file as `export_array` writes it; anything else is one StoreError naming it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    needed = ["values", "key"] if with_keys else ["values"]
+    if any(column not in table.column_names for column in needed):
+        raise StoreError(f"{path} needs the columns {', '.join(needed)} (one list of numbers per row, as `embedstore "
+                         f"export` writes); it has: {', '.join(table.column_names)}")  # fmt: skip
+    values = table.column("values").combine_chunks()
+    kind = values.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) or not (
+        pa.types.is_integer(kind.value_type) or pa.types.is_floating(kind.value_type)
+    ):
+        raise StoreError(f"{path}: column values holds {kind}; it must hold one list of numbers per row")
+    lengths = pc.fill_null(pc.list_value_length(values), -1).to_numpy(zero_copy_only=False)
+    if lengths.size and ((lengths < 0).any() or (lengths != lengths[0]).any()):
+        row = int(np.flatnonzero((lengths < 0) | (lengths != lengths[0]))[0])
+        raise StoreError(f"{path}: row {row} of column values is "
+                         + ("empty (null)" if lengths[row] < 0 else f"{lengths[row]} long, row 0 {lengths[0]}"))  # fmt: skip
+    if values.flatten().null_count:
+        raise StoreError(f"{path}: column values holds a null number (every value must be a number)")
+    meta = table.schema.metadata or {}
+    flat = np.asarray(values.flatten().to_numpy(zero_copy_only=False))
+    shape = json.loads(meta[b"embedstore.shape"]) if b"embedstore.shape" in meta else None
+    data = flat.reshape(shape if shape else (table.num_rows, int(lengths[0]) if lengths.size else 0))
+    if b"embedstore.dtype" in meta:
+        data = data.astype(meta[b"embedstore.dtype"].decode(), copy=False)
+    keys = [str(k) for k in table.column("key").to_pylist()] if with_keys else None
     return data, keys
 
 
@@ -194,10 +230,19 @@ def import_array(
     store.array_path(dataset, model, name)  # a bad array name is refused before anything is registered
     if name in NOT_PER_SAMPLE_ARRAYS:  # refused before the file is read: its shape would only confuse
         raise StoreError(_NOT_IMPORTABLE.format(name=name))
+    if name not in PER_SAMPLE_FLOAT_ARRAYS:
+        raise StoreError(f"array {name!r}: import takes {', '.join(PER_SAMPLE_FLOAT_ARRAYS)} (the arrays the analyses "
+                         "read)")  # fmt: skip
+    if any(c in model for c in "*?["):
+        raise StoreError(f"model id {model!r} holds a glob character: import registers the id as given, so name "
+                         "one model")  # fmt: skip
+    if store.list_arrays(dataset, model, name):
+        raise StoreError(f"{name} of model {model} on dataset {dataset} is already in store {store.path}: remove it "
+                         f"with `embedstore rm --dataset {dataset} --model {model} --array {name}` to import it anew")  # fmt: skip
     data, keys = read_matrix(path, keys_file, h5_dataset)
     if str(data.dtype) not in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool"):
         raise StoreError(f"{path} holds dtype {data.dtype}, which a store cannot keep")
-    check_importable(store, model, name, path, data, keys)
+    check_importable(store, model, name, path, data, keys, dataset)
     with dataset_locks(store.path, [dataset], doing="embedstore import"):
         return _write_import(store, dataset, model, name, Path(path), data, keys)
 
@@ -250,13 +295,14 @@ _NOT_IMPORTABLE = (
 
 
 def check_importable(store: Store, model: str, name: str, path: str | Path, data: np.ndarray,
-                     keys: Sequence[str]) -> None:  # fmt: skip
+                     keys: Sequence[str], dataset: str | None = None) -> None:  # fmt: skip
     """Refuse, before anything is registered, a matrix the analyses could not use: ``text_emb``
     (per class and template, not per sample); an ``image_emb``/``caption_emb``/``logits`` that is not
     a 2-D floating-point matrix; NaN or infinite values (the extractor never writes them: bad samples
     are zero rows listed in ``bad_samples``); embeddings whose width differs from the model's
     embeddings already in the store, with which zero-shot scoring or cross-dataset analyses would
-    combine them."""
+    combine them; ``logits`` whose width is not the number of classes of ``dataset`` (when it is in the
+    store with classes and no class subset)."""
     if name in NOT_PER_SAMPLE_ARRAYS:
         raise StoreError(_NOT_IMPORTABLE.format(name=name))
     if name in PER_SAMPLE_FLOAT_ARRAYS and (data.ndim != 2 or data.dtype.kind != "f"):
@@ -268,6 +314,16 @@ def check_importable(store: Store, model: str, name: str, path: str | Path, data
             first = int(np.flatnonzero(~finite)[0])
             raise StoreError(f"{path}: {int((~finite).sum())} row(s) hold NaN or infinite values, the first for "
                              f"sample key {keys[first]!r}")  # fmt: skip
+    if (
+        name == "logits"
+        and data.ndim == 2
+        and dataset
+        and store.query("SELECT name FROM datasets WHERE name = ?", [dataset])
+    ):
+        info = store.dataset_info(dataset)
+        classes = len(info["classnames"] or [])
+        if classes and info["class_subset"] is None and data.shape[1] != classes:
+            raise StoreError(f"{path} rows have {data.shape[1]} logits but dataset {dataset} has {classes} classes")
     if name in ("image_emb", "caption_emb"):
         widths = {f"{info.name} on {info.dataset}": info.shape[-1] for info in store.list_arrays(model=model)
                   if info.name in ("image_emb", "caption_emb", "text_emb")}  # fmt: skip

@@ -617,6 +617,20 @@ class Store:
                 params.append(value)
         return [_array_info(r) for r in self.query(sql + " ORDER BY dataset, model, name", params)]
 
+    def output_path(self, path: str | os.PathLike, flag: str = "--output") -> Path:
+        """``path`` as a file a command may write: its folder must exist, and it must not lie inside the
+        store's folder or its arrays (where it could overwrite the catalog or an array)."""
+        target = Path(path)
+        real = Path(os.path.realpath(target))
+        inside = [Path(os.path.realpath(self.path))]
+        if self.arrays.local_root is not None:
+            inside.append(Path(os.path.realpath(self.arrays.local_root)))
+        if any(real == root or real.is_relative_to(root) for root in inside):
+            raise StoreError(f"{flag} {path} lies inside store {self.path}: write it elsewhere")
+        if not target.parent.is_dir():
+            raise StoreError(f"{flag} {path}: folder {target.parent} does not exist")
+        return target
+
     def model_with_array(self, dataset: str, model: str, name: str) -> str:
         """The model id that ``model`` names for array ``name`` on ``dataset``: ``model`` itself as
         stored (:func:`stored_model_id`), or the one id that the glob ``model`` matches among the models
@@ -625,6 +639,11 @@ class Store:
         if not any(c in model for c in "*?["):
             return stored_model_id(model)
         holders = [info.model for info in self.list_arrays(dataset, None, name)]
+        if not holders:
+            names = sorted({info.name for info in self.list_arrays(dataset)})
+            raise StoreError(
+                f"dataset {dataset} has no {name} array of any model; its arrays: {', '.join(names) or 'none'}"
+            )
         hits = [m for m in holders if fnmatch.fnmatchcase(m, model)]
         if len(hits) == 1:
             return hits[0]
