@@ -21,16 +21,14 @@ TABLE_COLUMNS = ["model", "id", "ood", "score", "positive", "auroc", "aupr_in", 
               help="OOD score (repeatable); mcm needs a CLIP model.")  # fmt: skip
 @click.option("--positive", type=click.Choice(["id", "ood"]), default="id", show_default=True,
               help="Positive class of FPR@95: id (MCM / ODIN) or ood (OpenOOD).")  # fmt: skip
-@click.option("--prompts", "prompt_set", default="default", show_default=True,
-              help="Prompt set of the ID dataset (CLIP logits and mcm).")  # fmt: skip
-@click.option(
-    "--k", type=click.IntRange(min=1), default=DEFAULT_K, show_default=True, help="Neighbour rank of the knn score."
-)
+@click.option("--prompts", "prompt_set", default=None,
+              help="Prompt set of the ID dataset (CLIP models' logit scores and mcm) [default].")  # fmt: skip
+@click.option("--k", type=click.IntRange(min=1), default=None, help=f"Neighbour rank of the knn score [{DEFAULT_K}].")
 @click.option("--bank", default=None, metavar="DATASET",
               help="ID embeddings for knn / mahalanobis [default: a --split of the ID dataset].")  # fmt: skip
 @click.option("--split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Fraction of the ID rows that forms the knn / mahalanobis bank; the rest is scored [0.5].")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --split draw.")
+@click.option("--seed", type=int, default=None, help="Seed of the --split draw [0].")
 @json_option
 @user_errors
 def ood_command(store_path: str, models: tuple[str, ...], id_dataset: str, ood_datasets: tuple[str, ...],

@@ -35,8 +35,8 @@ def probe_command(store_path: str, models: tuple[str, ...], train_dataset: str, 
     Results go to the catalog (analysis 'probe')."""
     report = run_probe(Store.open(store_path, readonly=False), models, train_dataset, eval_datasets, split=split,
                        seed=seed, val_fraction=val_fraction, refit_on=refit_on)  # fmt: skip
-    for model, reason in report.skipped.items():
-        click.echo(f"skipped {model}: {reason}", err=True)
+    for name, reason in {**report.skipped_datasets, **report.skipped}.items():
+        click.echo(f"skipped {name}: {reason}", err=True)
     scored = ([train_dataset] if split < 1.0 else []) + report.eval_datasets
     print_rows(
         [row.as_dict() for row in report.rows],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from embedstore.analysis.retrieval import DEFAULT_KS
-from embedstore.evaluate.indexes import IndexRequest
+from embedstore.evaluate.indexes import IndexRequest, index_kind_of
 from embedstore.evaluate.retrieval import run_retrieval
 from embedstore.index import INDEX_KINDS
 from embedstore.store import Store
@@ -32,10 +32,10 @@ def retrieval_command(store_path, models, datasets, ks, kind, use_saved, nlist, 
     metrics: a query is a hit when any of its positives is in its top K. No encoder is loaded."""
     tuning = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search,
               "ef_construction": ef_construction}  # fmt: skip
-    if kind is None:
-        given = [f"--{name.replace('_', '-')}" for name, value in tuning.items() if value is not None]
-        if given:
-            raise click.UsageError(f"{given[0]} needs --index ivf or --index hnsw")
+    misplaced = [name for name, value in tuning.items() if value is not None and index_kind_of(name) != kind]
+    if misplaced:
+        flag, needed = f"--{misplaced[0].replace('_', '-')}", index_kind_of(misplaced[0])
+        raise click.UsageError(f"{flag} needs --index {needed}" + ("" if kind is None else f", not --index {kind}"))
     request = None if kind is None else IndexRequest(kind, **tuning, use_saved=use_saved, device=device, seed=seed)
     rows = run_retrieval(Store.open(store_path, readonly=False), models, datasets, ks=ks, index=request)
     columns = ["model", "dataset", "search", *[f"{d}_recall@{k}" for d in ("image_retrieval", "text_retrieval")

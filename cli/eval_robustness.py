@@ -45,8 +45,8 @@ def robustness_command(store_path: str, models: tuple[str, ...], id_dataset: str
     accuracies of 0 and 1 to [1e-4, 1 - 1e-4]. Results go to the catalog (analysis 'robustness')."""
     store = Store.open(store_path, readonly=False)
     report = run_robustness(store, models, id_dataset, shifted, **options)
-    for model, reason in report.skipped.items():
-        click.echo(f"skipped {model}: {reason}", err=True)
+    for name, reason in {**report.skipped_datasets, **report.skipped}.items():
+        click.echo(f"skipped {name}: {reason}", err=True)
     if as_json:
         print_json(_as_json(report))
         return
@@ -101,6 +101,7 @@ def _as_json(report: RobustnessReport) -> dict[str, Any]:
         "id_dataset": report.id_dataset,
         "params": report.params,
         "skipped": report.skipped,
+        "skipped_datasets": report.skipped_datasets,
         "shifts": [
             {
                 "shifted": shift.shifted,

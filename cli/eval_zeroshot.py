@@ -33,7 +33,6 @@ def zeroshot_command(store_path, models, datasets, prompt_set, templates, per_cl
             ) from None
         if not indices:
             raise click.BadParameter("names no template index", param_hint="--templates")
-    prompt_set = prompt_set or "default"
     rows = run_zeroshot(Store.open(store_path, readonly=False), models, datasets, prompt_set=prompt_set,
                         templates=indices, per_class=per_class)  # fmt: skip
     print_rows(

@@ -59,6 +59,9 @@ def add_command(store_path, dataset, name, templates, template_file, models, dev
         raise click.UsageError("give templates with --template or --file")
     added = add_templates(Store.open(store_path, readonly=False), dataset, name, texts, models=models or None,
                           device=device, batch_size=batch_size, log=lambda m: click.echo(m, err=True))  # fmt: skip
+    for model, reason in added.skipped.items():
+        click.echo(f"skipped {model}: {reason}", err=True)
+    _say_replaced(name, added.replaced, len(added.indices))
     click.echo(f"prompt set {name!r} of {dataset}: {len(added.indices)} templates, {len(added.new_templates)} new, "
                f"encoded for {len(added.encoded_for)} model(s)")  # fmt: skip
 
@@ -104,6 +107,8 @@ def select_command(store_path, model, dataset, fraction, seed, max_templates, sa
     """Greedy forward selection of templates on one split, reported on the other (OpenAI's procedure)."""
     row = run_selection(Store.open(store_path, readonly=False), model, dataset, fraction=fraction, seed=seed,
                         max_templates=max_templates, save_as=save_as)  # fmt: skip
+    if save_as:
+        _say_replaced(save_as, row.replaced, row.best_prefix)
     if as_json:
         print_json(row.__dict__)
         return
@@ -112,3 +117,13 @@ def select_command(store_path, model, dataset, fraction, seed, max_templates, sa
     if save_as:
         click.echo(f"saved the best prefix (the first {row.best_prefix} templates: best select acc1) as prompt set "
                    f"{save_as!r}")  # fmt: skip
+
+
+def _say_replaced(name: str, replaced: int | None, templates: int) -> None:
+    """One line when a prompt set that existed was redefined: for ``default`` every later evaluation changes."""
+    if replaced is None:
+        return
+    line = f"replaced prompt set {name!r} ({replaced} -> {templates} templates)"
+    if name == "default":
+        line += "; evaluations without --prompts now use it"
+    click.echo(line, err=True)

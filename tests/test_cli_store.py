@@ -201,30 +201,6 @@ def test_import_refuses_unusable_files_names_and_ids_in_one_line(run, tmp_path, 
                                                tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt").output  # fmt: skip
 
 
-def test_import_refuses_logits_that_do_not_match_the_datasets_classes(tmp_path, matrix):
-    from embedstore.errors import StoreError
-    from embedstore.store import Store
-    from embedstore.store.exchange import import_array
-
-    class Sample:
-        def __init__(self, row):
-            self.row, self.key, self.label, self.locator, self.captions, self.annotations = row, f"img{row:03d}", 0, None, (), {}
-
-    class Labelled:
-        name, kind, spec, root, task, templates = "labelled", "imported", "test", None, "classification", ["{c}"]
-        classnames, class_subset, samples = ["a", "b", "c"], None, [Sample(i) for i in range(50)]
-
-        def fingerprint(self):
-            return "labelled"
-
-    store = Store.create(tmp_path / "store")
-    store.register_dataset(Labelled())
-    with pytest.raises(StoreError, match="rows have 6 logits but dataset labelled has 3 classes"):
-        import_array(store, "labelled", "clf", "logits", tmp_path / "emb.npy", keys_file=tmp_path / "keys.txt")
-    np.save(tmp_path / "three.npy", np.ones((50, 3), dtype="float32"))
-    import_array(store, "labelled", "clf", "logits", tmp_path / "three.npy", keys_file=tmp_path / "keys.txt")
-
-
 def test_export_and_sql_write_only_where_asked_and_never_into_the_store(run, tmp_path, matrix):
     run("init")
     run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy",

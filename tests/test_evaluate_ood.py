@@ -174,17 +174,35 @@ def _lonely_dataset(store) -> str:
     ("args", "message"),
     [
         (["--model", CLASSIFIER, "--score", "mcm"], "score mcm needs a CLIP model"),
-        (["--model", CLIP, "--score", "knn"], "k=50 exceeds the 32 rows of the kNN bank (shapes)"),
+        (["--model", CLIP, "--score", "knn"], "--k 50 exceeds the 32 rows of the kNN bank (shapes)"),
         (["--model", CLIP, "--score", "knn", "--bank", "shapes"], "is the ID dataset"),
         (["--model", CLIP, "--score", "knn", "--bank", "shapes-v2", "--split", "0.3"], "not both"),
         (["--model", CLIP, "--score", "msp", "--ood", "shapes"], "both the ID dataset and an OOD dataset"),
         (["--model", CLIP, "--score", "mahalanobis", "--bank", "shapes-captions"], "has none"),
+        (["--model", CLIP, "--score", "msp", "--bank", "shapes-v2"],
+         "--bank chooses the ID bank of the knn and mahalanobis scores, and no --score is one of them"),
+        (["--model", CLIP, "--score", "mcm", "--split", "0.3"], "--split chooses the ID bank of the knn"),
+        (["--model", CLIP, "--score", "energy", "--seed", "1"], "--seed chooses the ID bank of the knn"),
+        (["--model", CLIP, "--score", "mahalanobis", "--k", "5"], "--k is the neighbour rank of the knn score"),
+        (["--model", CLIP, "--score", "knn", "--bank", "shapes-v2", "--seed", "1"], "with --bank nothing is drawn"),
+        (["--model", CLASSIFIER, "--score", "msp", "--prompts", "default"],
+         "--prompts chooses the prompt set of CLIP models' logit scores and mcm"),
+        (["--model", CLIP, "--score", "knn", "--prompts", "default"], "--prompts chooses the prompt set"),
     ],
 )
 def test_bad_input_is_one_line_through_the_command(tiny_store, args: list[str], message: str) -> None:
     result = _invoke(tiny_store, "--id", "shapes", "--ood", "shapes-ood", *args)
     assert result.exit_code == 1
     assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_a_caption_set_as_id_dataset_is_refused_for_class_scores(tiny_store) -> None:
+    result = _invoke(tiny_store, "--model", "*", "--id", "shapes-captions", "--ood", "shapes-ood", "--score", "msp")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "--id shapes-captions has no class labels (a retrieval dataset): score msp is computed over" in result.output
+    assert "text_emb" not in result.output
+    (run,) = run_ood(tiny_store, [CLIP], "shapes-captions", ["shapes-ood"], ["knn"], OODSettings(k=3))
+    assert run.n_id == 12  # knn needs no classes: half of the 24 caption-set images, the other half the bank
 
 
 def test_an_ood_dataset_not_extracted_for_the_model_is_one_line(tiny_store) -> None:

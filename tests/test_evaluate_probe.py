@@ -117,13 +117,42 @@ def test_split_one_fits_on_every_row_and_needs_an_eval_dataset(probe_store):
         ({"split": 0.0}, "split: the fraction"),
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"eval_datasets": ["shapes"]}, "is the training dataset"),
-        ({"eval_datasets": ["shapes-captions"]}, "not those of training dataset shapes"),
-        ({"split": 0.995}, "leave no test row"),
+        ({"eval_datasets": ["shapes-captions"]}, "dataset shapes-captions has no classes"),
+        ({"eval_datasets": ["shapes-ood"]}, "dataset shapes-ood has no labelled, decodable rows"),
+        ({"split": 0.995}, "leaves no test row"),
+        ({"split": 0.03}, "--split 0.03 and --val-fraction 0.2 leave 1 training row"),  # one row: one class
     ],
 )
 def test_bad_input_is_a_clear_error(probe_store, kwargs, message):
     with pytest.raises(AnalysisError, match=message):
         run_probe(probe_store, [FEATURES], "shapes", **kwargs)
+
+
+def test_eval_sets_that_cannot_be_scored_are_errors_when_named_and_skipped_by_a_glob(probe_store):
+    clip = "openclip:embedstore-tiny@random:0"
+    with probe_store.session():
+        register_rows_only_dataset(probe_store, "shapes-other", ["a", "b"], [0, 1, 0, 1])
+    with pytest.raises(AnalysisError, match="--eval: dataset shapes-other's classes are not those of training"):
+        run_probe(probe_store, [clip], "shapes", ["shapes-other"])
+    report = run_probe(probe_store, [clip], "shapes", ["shape[s]", "shapes-[cov]*"])
+    assert report.eval_datasets == ["shapes-cue-conflict", "shapes-v2"]
+    assert report.skipped_datasets == {
+        "shapes": "the training dataset (--train); its held-out rows are scored as acc1",
+        "shapes-captions": "no classes (a retrieval dataset): a probe's evaluation needs classes",
+        "shapes-other": "dataset shapes-other's classes are not those of training dataset shapes (nor a class subset "
+        "of them); a probe can only score datasets in its training label space",
+        "shapes-ood": "no labelled, decodable rows (an OOD set?): a probe's evaluation needs labels",
+    }
+    args = ["--store", str(probe_store.path), "--model", clip, "--train", "shapes", "--eval"]
+    named = CliRunner().invoke(probe_command, [*args, "shapes-ood"])
+    assert named.exit_code == 1 and named.output.splitlines() == [
+        "Error: dataset shapes-ood has no labelled, decodable rows (an OOD set?): a probe's evaluation needs labels"
+    ]
+    swept = CliRunner().invoke(probe_command, [*args, "shapes-o*", "--eval", "shapes-v2"])
+    assert swept.exit_code == 0, swept.output
+    assert "skipped shapes-ood: no labelled, decodable rows (an OOD set?)" in swept.stderr
+    assert "skipped shapes-other: dataset shapes-other's classes are not those" in swept.stderr
+    assert swept.stdout.split()[6:8] == ["acc1@shapes", "acc1@shapes-v2"]
 
 
 def test_a_glob_skips_models_without_embeddings(probe_store):

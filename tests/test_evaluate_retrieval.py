@@ -202,7 +202,7 @@ def test_saved_indexes_are_used_and_give_the_in_memory_results(tiny_store):
     # Search-time parameters apply to a saved index; build-time ones must match it.
     (narrow,) = run_retrieval(tiny_store, [CLIP], ["shapes-captions"], index=IndexRequest("ivf", nprobe=1))
     assert narrow.result.index_params["image_retrieval"] == {"nlist": 2, "nprobe": 1}
-    with pytest.raises(AnalysisError, match="was built with nlist=2, not 3; rebuild it"):
+    with pytest.raises(AnalysisError, match="was built with --nlist 2, not 3; rebuild it"):
         run_retrieval(tiny_store, [CLIP], ["shapes-captions"], index=IndexRequest("ivf", nlist=3))
     (fresh,) = run_retrieval(
         tiny_store, [CLIP], ["shapes-captions"], index=IndexRequest("ivf", nlist=3, use_saved=False)
@@ -283,7 +283,9 @@ def test_cli_prints_a_table_or_json_and_errors_in_one_line(tiny_store):
     rows = json.loads(out.output)
     assert len(rows) == 2 and rows[0]["search"] == "hnsw" and 0 <= rows[0]["index_recall_vs_exact@text_retrieval"] <= 1
     out = runner.invoke(retrieval_command, [*base, "--nlist", "4"])
-    assert out.exit_code == 2 and "--nlist needs --index ivf or --index hnsw" in out.output
+    assert out.exit_code == 2 and "--nlist needs --index ivf" in out.output
+    out = runner.invoke(retrieval_command, [*base, "--index", "ivf", "--hnsw-m", "4"])
+    assert out.exit_code == 2 and "Error: --hnsw-m needs --index hnsw, not --index ivf" in out.output
     out = runner.invoke(retrieval_command, [*base, "--k", "100"])
     assert out.exit_code == 1 and out.output.startswith("Error: recall@100 needs at least 100 images")
     assert len(out.output.strip().splitlines()) == 1

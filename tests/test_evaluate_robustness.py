@@ -176,15 +176,37 @@ def test_a_glob_skips_shifted_sets_without_labelled_classes_and_a_named_one_fail
     swept = ["shapes-v2", "shapes-[oc][oa]*"]  # also sweeps in shapes-ood (no labels) and shapes-captions (no classes)
     report = run_robustness(study_store, ["import:*"], "shapes", swept, reference=REFERENCE_FILTER)
     assert [shift.shifted for shift in report.shifts] == ["shapes-v2"] and not report.skipped
+    assert report.skipped_datasets == {
+        "shapes-captions": "no classes (a retrieval dataset): effective robustness needs classes",
+        "shapes-ood": "no labelled, decodable rows (an OOD set?): effective robustness needs labels",
+    }
     with pytest.raises(AnalysisError, match="shapes-ood has no labelled, decodable rows"):
         run_robustness(study_store, ["import:*"], "shapes", ["shapes-ood"], reference=REFERENCE_FILTER)
     with pytest.raises(AnalysisError, match="shapes-captions has no classes"):
         run_robustness(study_store, ["import:*"], "shapes", ["shapes-captions"], reference=REFERENCE_FILTER)
 
 
-def test_in_distribution_dataset_cannot_also_be_a_shift(study_store):
-    with pytest.raises(AnalysisError, match="in-distribution"):
-        run_robustness(study_store, ["import:*"], "shapes", ["shapes*"], reference=REFERENCE_FILTER)
+def test_in_distribution_dataset_is_an_error_when_named_as_a_shift_and_skipped_by_a_glob(study_store):
+    with pytest.raises(AnalysisError, match=r"--shifted: shapes is the in-distribution dataset \(--id\)"):
+        run_robustness(study_store, ["import:*"], "shapes", ["shapes", "shapes-v2"], reference=REFERENCE_FILTER)
+    report = run_robustness(study_store, ["import:*"], "shapes", ["shape[s]", "shapes-v*"], reference=REFERENCE_FILTER)
+    assert [shift.shifted for shift in report.shifts] == ["shapes-v2"]
+    assert report.skipped_datasets == {"shapes": "the in-distribution dataset (--id)"}
+    with pytest.raises(AnalysisError, match=r"no dataset matching shape\[s\] can be a shift \(shapes: the in-distrib"):
+        run_robustness(study_store, ["import:*"], "shapes", ["shape[s]"], reference=REFERENCE_FILTER)
+    result = CliRunner().invoke(robustness_command, ["--store", str(study_store.path), "--model", "import:*",
+                                                     "--id", "shapes", "--shifted", "shapes*"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    no_logits = "no selected model has acc1 on it (no stored zero-shot result or logits that fit)"
+    assert result.stderr.splitlines() == [
+        "skipped shapes: the in-distribution dataset (--id)",
+        "skipped shapes-captions: no classes (a retrieval dataset): effective robustness needs classes",
+        f"skipped shapes-cue-conflict: {no_logits}",
+        "skipped shapes-ood: no labelled, decodable rows (an OOD set?): effective robustness needs labels",
+        f"skipped shapes-sketch: {no_logits}",
+        f"skipped shapes-x: {no_logits}",
+    ]
+    assert "shapes-v2 vs shapes" in result.stdout
 
 
 @pytest.mark.parametrize(

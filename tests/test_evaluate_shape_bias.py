@@ -175,13 +175,28 @@ def test_a_glob_skips_models_that_cannot_be_scored_and_a_named_one_fails(cue_sto
 
 
 def test_datasets_without_both_cues_are_errors(cue_store, tmp_path):
-    with pytest.raises(AnalysisError, match="lacks a 'shape' or 'texture' annotation"):
+    with pytest.raises(AnalysisError, match="shapes-sketch has 'shape' but no 'texture' annotations: it is not a cue"):
         run_shape_bias(cue_store, [CLIP], "shapes-sketch")  # outline drawings: no texture
+    with pytest.raises(AnalysisError, match="lacks a 'shape' or 'texture' annotation"):
+        run_shape_bias(cue_store, [CLIP], "shapes-x")  # only its plain-colour rows carry a texture
     np.save(tmp_path / "plain.npy", np.eye(8, dtype=np.float32)[:4])
     (tmp_path / "keys.txt").write_text("a\nb\nc\nd\n")
     import_array(cue_store, "plain", "import:plain", "logits", tmp_path / "plain.npy", keys_file=tmp_path / "keys.txt")
     with pytest.raises(AnalysisError, match="no 'shape'/'texture' annotations and its file names do not name"):
         run_shape_bias(cue_store, ["import:plain"], "plain")
+
+
+def test_cues_outside_the_classes_or_a_dataset_without_classes_are_refused(cue_store):
+    """shapes-ood's shapes are unseen categories (arrow, ...): no decision can match them, so its shape bias
+    would be a meaningless 0; a caption set has no classes to decide among."""
+    with pytest.raises(AnalysisError, match=r"shapes-ood: 32 of 32 rows have a shape that is not one of its classes"):
+        run_shape_bias(cue_store, ["*"], "shapes-ood")
+    with pytest.raises(AnalysisError, match=r"shapes-captions has no classes \(a retrieval dataset\): shape bias"):
+        run_shape_bias(cue_store, ["*"], "shapes-captions")
+    result = CliRunner().invoke(shape_bias_command, ["--store", str(cue_store.path), "--model", "*",
+                                                     "--dataset", "shapes-ood"])  # fmt: skip
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+    assert cue_store.query("SELECT * FROM results WHERE analysis = 'shape_bias'") == []
 
 
 def test_a_dataset_without_any_cue_conflict_is_refused_and_stores_nothing(cue_store):

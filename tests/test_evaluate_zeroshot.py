@@ -202,3 +202,39 @@ def test_cli_zeroshot_and_prompts(tiny_store):
     assert out.exit_code == 2 and "names no template index" in out.output
     out = runner.invoke(cli, [*base, "--templates", "0,1", "--json"], env=env)
     assert out.exit_code == 0 and json.loads(out.output)[0]["prompts"] == "custom", out.output
+
+
+def test_prompt_options_without_a_clip_model_or_out_of_range_are_one_clear_error(tiny_store):
+    count = "SELECT count(*) AS n FROM results"
+    before = tiny_store.query(count)[0]["n"]
+    for options, flag in (({"prompt_set": "nosuch"}, "--prompts"), ({"prompt_set": "default"}, "--prompts"),
+                          ({"templates": [5]}, "--templates")):  # fmt: skip
+        with pytest.raises(EmbedstoreError, match=f"^{flag} chooses the prompts of CLIP models, and none is selected"):
+            run_zeroshot(tiny_store, ["timm:*"], ["shapes"], **options)
+    with pytest.raises(EmbedstoreError, match=r"^--templates: 55 is not a template index of dataset shapes, which has"):
+        run_zeroshot(tiny_store, [CLIP], ["shapes"], templates=[0, 55])
+    with pytest.raises(EmbedstoreError, match=r"^--templates: -1 is not a template index"):
+        run_zeroshot(tiny_store, ["*"], ["shapes"], templates=[-1])
+    with pytest.raises(EmbedstoreError, match=r"^--templates repeats template 1"):
+        run_zeroshot(tiny_store, [CLIP], ["shapes"], templates=[1, 1])
+    with pytest.raises(EmbedstoreError, match=r"^prompt set 'nosuch' is not defined for dataset shapes"):
+        run_zeroshot(tiny_store, ["*"], ["shapes"], prompt_set="nosuch")  # a classifier first, then CLIP models
+    assert tiny_store.query(count)[0]["n"] == before
+    env = {"EMBEDSTORE_STORE": str(tiny_store.path)}
+    out = CliRunner().invoke(cli, ["eval", "zeroshot", "--model", "timm:*", "--dataset", "shapes", "--templates", "5"],
+                             env=env)  # fmt: skip
+    assert out.exit_code == 1 and out.output.splitlines() == [
+        "Error: --templates chooses the prompts of CLIP models, and none is selected (classifiers are scored on "
+        "their head logits)"
+    ]
+
+
+def test_a_prompt_set_naming_a_template_a_model_lacks_says_how_to_encode_it(tiny_store):
+    other = "openclip:embedstore-tiny@random:1"
+    add_templates(tiny_store, "shapes", "sketch", ["a sketch of a {c}."], models=[CLIP])  # not encoded for `other`
+    n = len(tiny_store.templates("shapes")) - 1
+    message = f"model {other}'s text_emb on dataset shapes encodes {n} templates, not template {n}: encode it with"
+    with pytest.raises(EmbedstoreError, match=message):
+        run_zeroshot(tiny_store, [other], ["shapes"], prompt_set="sketch")
+    with pytest.raises(EmbedstoreError, match=message):
+        run_ablation(tiny_store, [other], ["shapes"])

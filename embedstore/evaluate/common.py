@@ -120,19 +120,23 @@ def stores_results_together(run: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def has_labelled_classes(store: Store, dataset: str, *, named: bool, needed_for: str) -> bool:
+def has_labelled_classes(
+    store: Store, dataset: str, *, named: bool, needed_for: str, skipped: dict[str, str] | None = None
+) -> bool:
     """Whether ``dataset`` has classes and labelled, decodable rows, as accuracy-based analyses need.
     A dataset named exactly that has none is an error saying why (``needed_for``: the analysis); one
-    a glob swept in is skipped (False)."""
+    a glob swept in is skipped (False), with the reason put in ``skipped`` when given."""
     info = store.dataset_info(dataset)
     if not info["classnames"]:
-        problem = f"dataset {dataset} has no classes (a {info['task']} dataset): {needed_for} needs classes"
+        problem = f"no classes (a {info['task']} dataset): {needed_for} needs classes"
     elif not len(usable_rows(store, dataset)):
-        problem = f"dataset {dataset} has no labelled, decodable rows (an OOD set?): {needed_for} needs labels"
+        problem = f"no labelled, decodable rows (an OOD set?): {needed_for} needs labels"
     else:
         return True
     if named:
-        raise AnalysisError(problem)
+        raise AnalysisError(f"dataset {dataset} has {problem}")
+    if skipped is not None:
+        skipped[dataset] = problem
     return False
 
 
@@ -151,6 +155,18 @@ def read_finite(store: Store, dataset: str, model: str, name: str, rows: np.ndar
         row = first if rows is None else int(np.asarray(rows)[first])
         raise AnalysisError(f"{name} of model {model} on dataset {dataset}: row {row} holds NaN or infinite values")
     return values
+
+
+def check_templates_encoded(text: np.ndarray, indices: Sequence[int], model: str, dataset: str) -> None:
+    """Every template index is one the model's ``text_emb [C, T, D]`` encodes: a prompt set can name a
+    template that `prompts add --model` encoded for other models only."""
+    beyond = [int(t) for t in indices if int(t) >= text.shape[1]]
+    if beyond:
+        raise AnalysisError(
+            f"model {model}'s text_emb on dataset {dataset} encodes {text.shape[1]} templates, not template "
+            f"{beyond[0]}: encode it with `embedstore prompts add --dataset {dataset} --model {model}` and the "
+            f"prompt set's templates"
+        )
 
 
 def prompt_indices(store: Store, dataset: str, prompt_set: str | Sequence[int] | None) -> list[int]:
@@ -173,7 +189,9 @@ def clip_scores(
         raise AnalysisError(f"model {model} is a {info['kind']} model: zero-shot scores need a CLIP model")
     text_dataset = classes_from or dataset
     text = read_finite(store, text_dataset, model, "text_emb")
-    weights = classifier_weights(text, prompt_indices(store, text_dataset, prompt_set))
+    indices = prompt_indices(store, text_dataset, prompt_set)
+    check_templates_encoded(text, indices, model, text_dataset)
+    weights = classifier_weights(text, indices)
     image = read_finite(store, dataset, model, "image_emb", rows)
     cosines = zeroshot_cosines(image, weights)
     logits = float(info["logit_scale"]) * cosines

@@ -184,9 +184,10 @@ class IndexRequest:
         for name in ("nlist", "hnsw_m", "ef_construction"):
             wanted, built = getattr(self, name), getattr(index.spec, name)
             if wanted is not None and wanted != built:
+                flag = f"--{name.replace('_', '-')}"
                 raise AnalysisError(
-                    f"the saved {self.kind} index of {gallery.describe()} was built with {name}={built}, not {wanted}; "
-                    f"rebuild it with `embedstore index build`, or leave the saved index out"
+                    f"the saved {self.kind} index of {gallery.describe()} was built with {flag} {built}, not {wanted}; "
+                    f"rebuild it with `embedstore index build`, or leave it out with --no-saved-index"
                 )
         index.set_search_params(nprobe=self.nprobe, ef_search=self.ef_search)
         return index, path
@@ -194,6 +195,11 @@ class IndexRequest:
 
 _PARAMETERS_OF_KIND = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("hnsw_m", "ef_search", "ef_construction")}
 _KIND_OF_PARAMETER = {name: kind for kind, names in _PARAMETERS_OF_KIND.items() for name in names}
+
+
+def index_kind_of(parameter: str) -> str:
+    """The index kind an `IndexRequest` parameter (``nlist``, ``hnsw_m``, ...) applies to."""
+    return _KIND_OF_PARAMETER[parameter]
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,9 @@ from embedstore.analysis.ood import (
 from embedstore.analysis.zeroshot import classifier_weights, zeroshot_cosines
 from embedstore.errors import AnalysisError, EmbedstoreError
 from embedstore.evaluate.common import (
+    check_templates_encoded,
     labels_of,
+    model_kind,
     named_explicitly,
     prompt_indices,
     read_finite,
@@ -91,15 +93,25 @@ KNN_BACKEND = "faiss" if faiss is not None else "numpy"
 
 @dataclass(frozen=True)
 class OODSettings:
-    """Every choice of one OOD evaluation besides the models and datasets."""
+    """Every choice of one OOD evaluation besides the models and datasets. ``None`` means "not given":
+    the default applies (``DEFAULT_K``, the ``default`` prompt set, a ``DEFAULT_SPLIT`` drawn with seed 0),
+    and an option given to scores that do not use it is refused (see `run_ood`)."""
 
     positive: Positive = "id"
-    prompt_set: str = "default"
-    k: int = DEFAULT_K
+    prompt_set: str | None = None
+    k: int | None = None
     bank: str | None = None
     split: float | None = None
-    seed: int = 0
+    seed: int | None = None
     shrinkage: float = 0.0
+
+    @property
+    def prompts(self) -> str:
+        return "default" if self.prompt_set is None else self.prompt_set
+
+    @property
+    def knn_k(self) -> int:
+        return DEFAULT_K if self.k is None else self.k
 
     @property
     def bank_split(self) -> float | None:
@@ -107,6 +119,13 @@ class OODSettings:
         if self.bank is not None:
             return None
         return DEFAULT_SPLIT if self.split is None else float(self.split)
+
+    @property
+    def split_seed(self) -> int | None:
+        """The seed of the bank's draw from the ID rows (None when ``bank`` names a dataset)."""
+        if self.bank is not None:
+            return None
+        return 0 if self.seed is None else self.seed
 
 
 @dataclass(frozen=True)
@@ -160,6 +179,7 @@ def run_ood(
     and every score, and record one result set per (model, score).
 
     Checked before any array is read: unknown scores, MCM on a model named exactly that is not CLIP,
+    an ID dataset without classes for the scores that need them, options no chosen score uses,
     arrays not extracted, embedding widths that disagree, a bank that is also the ID or an OOD
     dataset. ``k`` against the bank size and the split fraction are checked when the bank is drawn.
     Results are written only once every (model, score) has been computed, so a failure writes nothing."""
@@ -169,9 +189,11 @@ def run_ood(
         model_ids = resolve_models(store, models)
         id_name, ood_names = _resolve_datasets(store, id_dataset, ood_datasets)
         _check_settings(settings, id_name, ood_names, score_names)
+        _check_id_classes(store, id_name, score_names)
         if settings.bank is not None:
             store.dataset_info(settings.bank)
         plan = _plan(store, model_ids, models, score_names)
+        _check_prompts_used(store, plan, settings)
         for model, model_scores in plan.items():
             _check_arrays(store, model, id_name, ood_names, model_scores, settings)
     runs = []
@@ -209,18 +231,48 @@ def _check_scores(scores: Sequence[str]) -> list[str]:
 
 def _check_settings(settings: OODSettings, id_name: str, ood_names: Sequence[str], scores: Sequence[str]) -> None:
     if settings.positive not in ("id", "ood"):
-        raise AnalysisError(f"positive must be 'id' or 'ood', got {settings.positive!r}")
+        raise AnalysisError(f"--positive must be 'id' or 'ood', got {settings.positive!r}")
+    bank_options = {"--bank": settings.bank, "--split": settings.split, "--seed": settings.seed}
+    given = [option for option, value in bank_options.items() if value is not None]
+    if given and not any(s in FEATURE_SCORES for s in scores):
+        raise AnalysisError(f"{given[0]} chooses the ID bank of the knn and mahalanobis scores, and no --score is one "
+                            "of them")  # fmt: skip
+    if settings.k is not None and "knn" not in scores:
+        raise AnalysisError("--k is the neighbour rank of the knn score, and no --score is knn")
     if settings.bank is not None and settings.split is not None:
-        raise AnalysisError("give a bank dataset or a split of the ID dataset, not both")
+        raise AnalysisError("give --bank or --split (a bank drawn from the ID dataset), not both")
+    if settings.bank is not None and settings.seed is not None:
+        raise AnalysisError("--seed draws the --split bank from the ID dataset; with --bank nothing is drawn")
     if settings.bank == id_name:
         raise AnalysisError(
-            f"bank {id_name} is the ID dataset: its rows would be scored against themselves; "
-            "leave the bank out to hold out a split of it"
+            f"--bank {id_name} is the ID dataset: its rows would be scored against themselves; "
+            "leave --bank out to hold out a --split of it"
         )
     if settings.bank in ood_names:
-        raise AnalysisError(f"bank {settings.bank} is one of the OOD datasets; the bank must hold ID images")
-    if "knn" in scores and (isinstance(settings.k, bool) or not isinstance(settings.k, int) or settings.k < 1):
-        raise AnalysisError(f"k must be a positive integer, got {settings.k!r}")
+        raise AnalysisError(f"--bank {settings.bank} is one of the OOD datasets; the bank must hold ID images")
+    k = settings.knn_k
+    if "knn" in scores and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise AnalysisError(f"--k must be a positive integer, got {k!r}")
+
+
+def _check_id_classes(store: Store, id_name: str, scores: Sequence[str]) -> None:
+    """Logit scores and MCM are computed over the ID dataset's classes; a caption set has none."""
+    needing = [s for s in scores if s in LOGIT_SCORES or s == "mcm"]
+    info = store.dataset_info(id_name)
+    if needing and not info["classnames"]:
+        raise AnalysisError(
+            f"--id {id_name} has no class labels (a {info['task']} dataset): score {needing[0]} is computed over the "
+            f"ID dataset's classes; knn needs none"
+        )
+
+
+def _check_prompts_used(store: Store, plan: dict[str, list[str]], settings: OODSettings) -> None:
+    """``--prompts`` sets the classes of CLIP models' logit scores and MCM: refused when nothing uses it."""
+    if settings.prompt_set is None:
+        return
+    if not any(model_kind(store, m) == "clip" and set(s) - set(FEATURE_SCORES) for m, s in plan.items()):
+        raise AnalysisError("--prompts chooses the prompt set of CLIP models' logit scores and mcm, and no selected "
+                            "CLIP model gets one of those scores")  # fmt: skip
 
 
 def _plan(
@@ -327,7 +379,7 @@ class ModelArrays:
         if self.settings.bank is not None:
             return self.rows(self.settings.bank), id_rows
         try:
-            bank, held_out = split_calibration_rows(len(id_rows), self.settings.bank_split, self.settings.seed)
+            bank, held_out = split_calibration_rows(len(id_rows), self.settings.bank_split, self.settings.split_seed)
         except AnalysisError as error:
             raise AnalysisError(f"bank split of ID dataset {self.id_name}: {error}") from None
         return id_rows[bank], id_rows[held_out]
@@ -372,7 +424,8 @@ class ModelArrays:
         """Zero-shot classifier ``[C, D]`` of the ID dataset's classes under the prompt set (CLIP)."""
         with self.store.session():
             text = read_finite(self.store, self.id_name, self.model, "text_emb")
-            templates = prompt_indices(self.store, self.id_name, self.settings.prompt_set)
+            templates = prompt_indices(self.store, self.id_name, self.settings.prompts)
+        check_templates_encoded(text, templates, self.model, self.id_name)
         return classifier_weights(text, templates)
 
     def _select(self, dataset: str, values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -382,7 +435,7 @@ class ModelArrays:
     def logits_params(self) -> dict[str, Any]:
         return {
             "logits": "zero-shot" if self.is_clip else "classifier head",
-            "prompt_set": self.settings.prompt_set if self.is_clip else None,
+            "prompt_set": self.settings.prompts if self.is_clip else None,
             "class_subset": self.class_subset is not None,
         }
 
@@ -415,7 +468,7 @@ def _mcm_score(score: str, arrays: ModelArrays) -> ScoredSets:
     return ScoredSets(
         mcm(arrays.cosines(arrays.id_name), MCM_TEMPERATURE),
         {name: mcm(arrays.cosines(name), MCM_TEMPERATURE) for name in arrays.ood_names},
-        {"inputs": "raw cosines", "prompt_set": arrays.settings.prompt_set, "temperature": MCM_TEMPERATURE},
+        {"inputs": "raw cosines", "prompt_set": arrays.settings.prompts, "temperature": MCM_TEMPERATURE},
     )
 
 
@@ -425,15 +478,15 @@ def _feature_params(arrays: ModelArrays) -> dict[str, Any]:
         "features": "image_emb, L2-normalised",
         "bank": arrays.bank_dataset,
         "split": settings.bank_split,
-        "seed": settings.seed if settings.bank is None else None,
+        "seed": settings.split_seed,
     }
 
 
 def _knn_score(score: str, arrays: ModelArrays) -> ScoredSets:
     bank_rows, id_rows = arrays.bank_and_id_eval_rows
-    k = arrays.settings.k
+    k = arrays.settings.knn_k
     if k > len(bank_rows):
-        raise AnalysisError(f"k={k} exceeds the {len(bank_rows)} rows of the kNN bank ({arrays.bank_dataset})")
+        raise AnalysisError(f"--k {k} exceeds the {len(bank_rows)} rows of the kNN bank ({arrays.bank_dataset})")
     bank = arrays.features(arrays.bank_dataset, bank_rows)
     return ScoredSets(
         knn_score(bank, arrays.features(arrays.id_name, id_rows), k, backend=KNN_BACKEND),

@@ -22,7 +22,7 @@ tried, ``n_train``, ``n_val``, ``n_test``, ``n_classes``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,9 @@ import numpy as np
 from embedstore.analysis.probe import DEFAULT_CS, REFIT_SPLITS, ProbeResult, linear_probe
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
+    has_labelled_classes,
     labels_of,
+    named_explicitly,
     read_finite,
     resolve_datasets,
     resolve_models,
@@ -96,12 +98,10 @@ def split_rows(rows: np.ndarray, split: float, val_fraction: float, seed: int) -
     n_val = max(1, int(round(val_fraction * n_pool)))
     if n_pool - n_val < 1:
         raise AnalysisError(
-            f"split: {len(order)} rows with split={split} and val_fraction={val_fraction} leave no training row"
+            f"--split {split:g} and --val-fraction {val_fraction:g} of {len(order)} rows leave no training row"
         )
     if split < 1.0 and n_pool == len(order):
-        raise AnalysisError(
-            f"split: {len(order)} rows with split={split} leave no test row (use split=1 to fit on all)"
-        )
+        raise AnalysisError(f"--split {split:g} of {len(order)} rows leaves no test row; lower --split")
     pool = order[:n_pool]
     return RowSplit(train=np.sort(pool[n_val:]), val=np.sort(pool[:n_val]), test=np.sort(order[n_pool:]))
 
@@ -133,6 +133,8 @@ class ProbeReport:
     eval_datasets: list[str]
     skipped: dict[str, str]
     """Models a glob matched that lack image embeddings on a dataset, with the reason."""
+    skipped_datasets: dict[str, str] = field(default_factory=dict)
+    """Datasets an ``--eval`` glob matched that a probe cannot score, with the reason."""
 
 
 def eval_labels(store: Store, train_dataset: str, dataset: str, rows: np.ndarray) -> tuple[np.ndarray, str]:
@@ -146,9 +148,36 @@ def eval_labels(store: Store, train_dataset: str, dataset: str, rows: np.ndarray
     if subset is not None and train["class_subset"] is None and max(subset) < len(train["classnames"]):
         return np.asarray(subset, dtype=np.int64)[labels], SUBSET_MAPPED
     raise AnalysisError(
-        f"eval: dataset {dataset}'s classes are not those of training dataset {train_dataset} (nor a class subset "
+        f"--eval: dataset {dataset}'s classes are not those of training dataset {train_dataset} (nor a class subset "
         f"of them); a probe can only score datasets in its training label space"
     )
+
+
+def evaluation_datasets(
+    store: Store, train_dataset: str, patterns: Sequence[str], skipped: dict[str, str]
+) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """``{dataset: (rows, labels in the training class space, how they map)}`` of the ``--eval``
+    datasets. One that cannot be scored (the training dataset itself, no labelled rows, another label
+    space) is an error when named exactly and skipped, with the reason in ``skipped``, when a glob
+    matched it."""
+    chosen = {}
+    for name in resolve_datasets(store, patterns) if patterns else []:
+        named = named_explicitly(name, patterns)
+        if name == train_dataset:
+            if named:
+                raise AnalysisError(f"--eval: {name} is the training dataset; its held-out rows are always scored")
+            skipped[name] = "the training dataset (--train); its held-out rows are scored as acc1"
+            continue
+        if not has_labelled_classes(store, name, named=named, needed_for="a probe's evaluation", skipped=skipped):
+            continue
+        rows = usable_rows(store, name)
+        try:
+            chosen[name] = (rows, *eval_labels(store, train_dataset, name, rows))
+        except AnalysisError as error:
+            if named:
+                raise
+            skipped[name] = str(error).removeprefix("--eval: ")
+    return chosen
 
 
 @stores_results_together
@@ -168,22 +197,18 @@ def run_probe(
     every evaluation dataset (names or globs). Results are written to the catalog and returned."""
     settings = ProbeSettings(split, seed, val_fraction, tuple(float(c) for c in cs), refit_on)
     with store.session():
-        store.dataset_info(train_dataset)
-        evaluated = resolve_datasets(store, eval_datasets) if eval_datasets else []
-        if train_dataset in evaluated:
-            raise AnalysisError(f"eval: {train_dataset} is the training dataset; its held-out rows are always scored")
+        has_labelled_classes(store, train_dataset, named=True, needed_for="a probe")
+        skipped_datasets: dict[str, str] = {}
+        eval_targets = evaluation_datasets(store, train_dataset, eval_datasets, skipped_datasets)
+        evaluated = list(eval_targets)
         if settings.split == 1.0 and not evaluated:
             raise AnalysisError("split: with split=1 every row is fitted on, so name at least one dataset to evaluate")
-        rows = usable_rows(store, train_dataset)
-        if not len(rows):
-            raise AnalysisError(f"dataset {train_dataset} has no labelled, decodable rows to train a probe on")
-        parts = split_rows(rows, settings.split, settings.val_fraction, settings.seed)
+        parts = split_rows(usable_rows(store, train_dataset), settings.split, settings.val_fraction, settings.seed)
         labels = labels_of(store, train_dataset)
-        eval_rows = {name: usable_rows(store, name) for name in evaluated}
-        eval_targets = {name: eval_labels(store, train_dataset, name, eval_rows[name]) for name in evaluated}
-        params = settings.params({name: how for name, (_, how) in eval_targets.items()})
+        _check_training_classes(train_dataset, labels[parts.train], settings)
+        params = settings.params({name: how for name, (_, _, how) in eval_targets.items()})
         subsets = {
-            name: store.dataset_info(name)["class_subset"] for name, (_, how) in eval_targets.items()
+            name: store.dataset_info(name)["class_subset"] for name, (_, _, how) in eval_targets.items()
             if how == SUBSET_MAPPED
         }  # fmt: skip
         datasets = [train_dataset, *evaluated]
@@ -193,12 +218,12 @@ def run_probe(
             lambda m: all(store.list_arrays(d, m, "image_emb") for d in datasets),
             f"no image_emb on {', '.join(datasets)}", skipped,
         )  # fmt: skip
-        report = ProbeReport([], evaluated, skipped)
+        report = ProbeReport([], evaluated, skipped, skipped_datasets)
         for model in chosen:
             features = read_finite(store, train_dataset, model, "image_emb")
             eval_sets = {train_dataset: (features[parts.test], labels[parts.test])} if len(parts.test) else {}
-            for name in evaluated:
-                eval_sets[name] = (read_finite(store, name, model, "image_emb", eval_rows[name]), eval_targets[name][0])
+            for name, (rows, targets, _) in eval_targets.items():
+                eval_sets[name] = (read_finite(store, name, model, "image_emb", rows), targets)
             result = linear_probe(
                 features[parts.train], labels[parts.train], features[parts.val], labels[parts.val], eval_sets,
                 settings.cs, settings.seed, refit_on=settings.refit_on, max_iter=settings.max_iter,
@@ -208,6 +233,17 @@ def run_probe(
             store.put_results(ANALYSIS, _metrics(row), params=params, model=model, dataset=train_dataset)
             report.rows.append(row)
     return report
+
+
+def _check_training_classes(dataset: str, train_labels: np.ndarray, settings: ProbeSettings) -> None:
+    """A probe needs two classes among the rows it is fitted on; a small --split or a large
+    --val-fraction can leave fewer."""
+    n_classes = np.unique(train_labels).size
+    if n_classes < 2:
+        raise AnalysisError(
+            f"--split {settings.split:g} and --val-fraction {settings.val_fraction:g} leave {len(train_labels)} "
+            f"training row(s) of {dataset} holding {n_classes} class; a probe needs at least two classes"
+        )
 
 
 def _metrics(row: ProbeRow) -> list[tuple[str, Any]]:

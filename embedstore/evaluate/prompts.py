@@ -9,7 +9,7 @@ the chosen order in the parameters.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from embedstore.analysis.prompts import (
 )
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
+    check_templates_encoded,
     has_labelled_classes,
     labels_of,
     model_kind,
@@ -68,6 +69,8 @@ def run_ablation(store: Store, models: Sequence[str], datasets: Sequence[str]) -
             if model_kind(store, model) != "clip":
                 continue
             _, image, text, labels = _clip_arrays(store, model, dataset)
+            for indices in sets.values():
+                check_templates_encoded(text, indices, model, dataset)
             single = per_template_accuracy(image, text, labels)
             by_set = {name: r.metrics() for name, r in evaluate_template_sets(image, text, labels, sets).items()}
             metrics = [(f"acc1@template:{i}", float(a)) for i, a in enumerate(single)]
@@ -90,6 +93,7 @@ class SelectionRow:
     report_acc: list[float]
     saved_as: str | None
     best_prefix: int  # templates in the prefix with the best selection-split acc1 (what save_as keeps)
+    replaced: int | None = None  # templates of the prompt set save_as replaced (None: new or unchanged)
 
 
 @stores_results_together
@@ -106,20 +110,41 @@ def run_selection(
     if len(matched) != 1:
         raise AnalysisError(f"--model {model!r} matches {len(matched)} models ({', '.join(matched)}): select one")
     (model,) = matched
+    has_labelled_classes(store, dataset, named=True, needed_for="template selection")
     rows, image, text, labels = _clip_arrays(store, model, dataset)
+    _check_selection_options(len(rows), text.shape[1], fraction, max_templates)
     select, report = split_rows(len(rows), fraction, seed)
     result = greedy_template_selection(image, text, labels, select, report, max_templates=max_templates)
     templates = store.templates(dataset)
     best = int(np.argmax(result.select_acc)) + 1
+    replaced = None
     if save_as is not None:
-        store.add_prompt_set(dataset, save_as, [templates[i] for i in result.order[:best]])
+        replaced = define_prompt_set(store, dataset, save_as, [templates[i] for i in result.order[:best]])[1]
     params = {"experiment": "greedy-selection", "fraction": fraction, "seed": seed, "max_templates": max_templates,
               "order": list(map(int, result.order)), "best_prefix": best, "saved_as": save_as}  # fmt: skip
     metrics = [(f"select_acc1@step:{k + 1}", float(a)) for k, a in enumerate(result.select_acc)]
     metrics += [(f"report_acc1@step:{k + 1}", float(a)) for k, a in enumerate(result.report_acc)]
     store.put_results("prompts", metrics, params=params, model=model, dataset=dataset)
     return SelectionRow(model, dataset, list(map(int, result.order)), [templates[i] for i in result.order],
-                        list(map(float, result.select_acc)), list(map(float, result.report_acc)), save_as, best)  # fmt: skip
+                        list(map(float, result.select_acc)), list(map(float, result.report_acc)), save_as, best,
+                        replaced)  # fmt: skip
+
+
+def _check_selection_options(n_rows: int, n_templates: int, fraction: float, max_templates: int | None) -> None:
+    """``--split`` must leave rows on both sides, ``--max-templates`` lie within the encoded templates."""
+    if not 0 < round(fraction * n_rows) < n_rows:
+        raise AnalysisError(f"--split {fraction:g} of {n_rows} labelled rows leaves one side of the split empty")
+    if max_templates is not None and not 1 <= max_templates <= n_templates:
+        raise AnalysisError(f"--max-templates must lie between 1 and the {n_templates} templates, got {max_templates}")
+
+
+def define_prompt_set(store: Store, dataset: str, name: str, templates: Sequence[str]) -> tuple[list[int], int | None]:
+    """Define prompt set ``name`` of ``dataset`` (`Store.add_prompt_set`): its template indices, and how
+    many templates the set it replaced had (None when the name is new or its templates are unchanged),
+    so that callers can say that, e.g., every evaluation using the ``default`` set now changes."""
+    previous = store.prompt_sets(dataset).get(name)
+    indices = store.add_prompt_set(dataset, name, templates)
+    return indices, None if previous is None or previous == indices else len(previous)
 
 
 @dataclass(frozen=True)
@@ -129,6 +154,10 @@ class AddedTemplates:
     indices: list[int]
     new_templates: list[str]
     encoded_for: list[str]
+    replaced: int | None = None
+    """Templates of the prompt set this one replaced (None when the name was new or its templates are unchanged)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Models a ``--model`` glob matched that cannot be encoded for (not CLIP, no text_emb), with the reason."""
 
 
 def add_templates(
@@ -157,10 +186,8 @@ def _add_templates(
     before = store.templates(dataset)
     new = [t for t in dict.fromkeys(templates) if t not in before]
     with_text = [a.model for a in store.list_arrays(dataset=dataset, name="text_emb")]
-    chosen = resolve_models(store, models) if models else with_text
-    missing = [m for m in chosen if m not in with_text]
-    if missing:
-        raise AnalysisError(f"model {missing[0]} has no text_emb on dataset {dataset}: extract it first")
+    skipped: dict[str, str] = {}
+    chosen = _models_to_encode(store, dataset, models, with_text, skipped) if models else with_text
     adapters = {}
     for model in chosen:  # load (and check) every model before anything is written
         adapter = load_model(model, device=device, precision="fp32")
@@ -178,7 +205,7 @@ def _add_templates(
                 todo,
                 encode_class_templates(adapter, info["classnames"], todo, batch_size).astype(old.dtype),
             )
-    indices = store.add_prompt_set(dataset, name, templates)
+    indices, replaced = define_prompt_set(store, dataset, name, templates)
     for model, (old, todo, added) in encoded.items():
         settings = store.list_arrays(dataset, model, "text_emb")[0].settings
         history = list(settings.get("added_templates", [])) + [
@@ -187,7 +214,35 @@ def _add_templates(
         store.rewrite_array(dataset, model, "text_emb", np.concatenate([old, added], axis=1),
                             settings_update={"added_templates": history})  # fmt: skip
         log(f"{model}: encoded {len(todo)} new template(s) x {len(info['classnames'])} classes")
-    return AddedTemplates(dataset, name, indices, new, list(encoded))
+    return AddedTemplates(dataset, name, indices, new, list(encoded), replaced, skipped)
+
+
+def _models_to_encode(
+    store: Store, dataset: str, patterns: Sequence[str], with_text: list[str], skipped: dict[str, str]
+) -> list[str]:
+    """The ``--model`` models: one that is no CLIP model or has no ``text_emb`` on the dataset is an
+    error when named exactly and skipped, with the reason, when a glob matched it."""
+    chosen = []
+    for model in resolve_models(store, patterns):
+        kind = model_kind(store, model)
+        if kind != "clip":
+            reason = f"{'a classifier' if kind == 'classifier' else f'a {kind} model'}, with no text embeddings"
+            problem = f"model {model} is {reason}: prompt sets apply to CLIP models"
+        elif model not in with_text:
+            reason = f"no text_emb on dataset {dataset}"
+            problem = f"model {model} has {reason}: extract it on that dataset first"
+        else:
+            chosen.append(model)
+            continue
+        if named_explicitly(model, patterns):
+            raise AnalysisError(problem)
+        skipped[model] = reason
+    if not chosen:
+        first, reason = next(iter(skipped.items()))
+        others = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise AnalysisError(f"--model {' '.join(patterns)} matches no CLIP model with text_emb on dataset {dataset}: "
+                            f"{first}: {reason}{others}; prompt sets apply to CLIP models")  # fmt: skip
+    return chosen
 
 
 def prompt_set_table(store: Store, dataset: str) -> dict[str, list[str]]:

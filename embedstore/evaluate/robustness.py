@@ -134,7 +134,7 @@ def model_column_values(store: Store, models: Sequence[str], column: str) -> dic
     """``{model: value of column}`` from the ``models`` table; ``column`` must be one of its columns."""
     columns = [row["column_name"] for row in store.query("SELECT column_name FROM (DESCRIBE models)")]
     if column not in columns:
-        raise AnalysisError(f"group_by: {column!r} is not a column of the models table ({', '.join(columns)})")
+        raise AnalysisError(f"--group-by: {column!r} is not a column of the models table ({', '.join(columns)})")
     rows = store.query(f'SELECT model_id, "{column}" AS value FROM models')
     values = {row["model_id"]: row["value"] for row in rows}
     return {model: values.get(model) for model in models}
@@ -304,6 +304,8 @@ class RobustnessReport:
     params: dict[str, Any]
     skipped: dict[str, str]
     """Models matched by a glob or the reference condition but left out, with the reason."""
+    skipped_datasets: dict[str, str] = field(default_factory=dict)
+    """Datasets a ``--shifted`` glob matched but that cannot be a shift (the ID dataset, no labels), with the reason."""
     shifts: list[ShiftRobustness] = field(default_factory=list)
 
 
@@ -339,15 +341,11 @@ def run_robustness(
     with store.session():
         selected = resolve_models(store, models)
         store.dataset_info(id_dataset)
-        shifted_names = resolve_datasets(store, shifted)
-        if id_dataset in shifted_names:
-            raise AnalysisError(f"shifted: {id_dataset} is the in-distribution dataset; name datasets under shift")
         has_labelled_classes(store, id_dataset, named=True, needed_for="effective robustness")
-        shifted_names = [d for d in shifted_names if has_labelled_classes(  # globs sweep in caption and OOD sets
-            store, d, named=named_explicitly(d, shifted), needed_for="effective robustness")]  # fmt: skip
-        if not shifted_names:
-            raise AnalysisError(f"shifted: no dataset matching {', '.join(shifted)} has labelled classes")
         accuracies = AccuracyTable(store, prompt_set)
+        skipped_datasets: dict[str, str] = {}
+        shifted_names = _shifted_datasets(store, id_dataset, shifted, skipped_datasets,
+                                          lambda d: any(accuracies.available(m, [d]) for m in selected))  # fmt: skip
         skipped: dict[str, str] = {}
         datasets = [id_dataset, *shifted_names]
         reason = f"no acc1 on {', '.join(datasets)}: no stored zero-shot result, and its logits do not fit the classes"
@@ -365,12 +363,37 @@ def run_robustness(
         group_labels = [NO_GROUP if groups[m] is None else str(groups[m]) for m in selected]
         params = settings.params(id_dataset, reference_models)
         summary_params = {**params, "models": sorted(selected), "group_by": group_by}
-        report = RobustnessReport(id_dataset, settings, sorted(reference_models), params, skipped)
+        report = RobustnessReport(id_dataset, settings, sorted(reference_models), params, skipped, skipped_datasets)
         for dataset in shifted_names:
             shift = _one_shift(accuracies, settings, selected, reference_models, id_dataset, dataset, group_labels)
             _write_shift(store, shift, params, summary_params)
             report.shifts.append(shift)
     return report
+
+
+def _shifted_datasets(
+    store: Store, id_dataset: str, patterns: Sequence[str], skipped: dict[str, str], scorable: Callable[[str], bool]
+) -> list[str]:
+    """The ``--shifted`` datasets. One that cannot be a shift (the ID dataset; no labelled classes, as a
+    caption or OOD set) is an error when named exactly; one a glob matched is skipped, with the reason,
+    also when no selected model has an accuracy on it (``scorable``)."""
+    chosen = []
+    for name in resolve_datasets(store, patterns):
+        named = named_explicitly(name, patterns)
+        if name == id_dataset:
+            if named:
+                raise AnalysisError(f"--shifted: {name} is the in-distribution dataset (--id); name shifted ones")
+            skipped[name] = "the in-distribution dataset (--id)"
+        elif not has_labelled_classes(store, name, named=named, needed_for="effective robustness", skipped=skipped):
+            continue
+        elif named or scorable(name):
+            chosen.append(name)
+        else:
+            skipped[name] = "no selected model has acc1 on it (no stored zero-shot result or logits that fit)"
+    if not chosen:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise AnalysisError(f"--shifted: no dataset matching {' '.join(patterns)} can be a shift ({reasons})")
+    return chosen
 
 
 def drop_unscorable(

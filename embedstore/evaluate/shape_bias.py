@@ -4,8 +4,9 @@ A cue-conflict dataset gives each image a shape category and a texture category:
 ``shape`` and ``texture`` annotations (shapes-cue-conflict), or else file names of the form
 ``<shape><n>-<texture><m>.png`` (model-vs-human's Stylized-ImageNet cue-conflict images). Images
 whose shape equals their texture are dropped, and ``shape_bias = shape hits / (shape hits + texture
-hits)`` (`embedstore.analysis.shape_bias`). A model's decision on an image is, by the first route
-that applies:
+hits)`` (`embedstore.analysis.shape_bias`). Every shape and texture must be one of the dataset's
+classes (a set whose cues lie outside them, such as an OOD set, is refused). A model's decision on
+an image is, by the first route that applies:
 
 1. CLIP models: the argmax of the zero-shot logits over the dataset's own class names under the
    prompt set (the direct K-way variant: 16-way prompts on a 16-category dataset). With
@@ -87,6 +88,10 @@ class CueConflictLabels:
         cues = store.annotations(dataset)
         shapes, textures = cues.get("shape", {}), cues.get("texture", {})
         if shapes or textures:
+            if not (shapes and textures):
+                have, lack = ("shape", "texture") if shapes else ("texture", "shape")
+                raise AnalysisError(f"dataset {dataset} has '{have}' but no '{lack}' annotations: it is not a "
+                                    "cue-conflict dataset (shape bias needs both cues of every image)")  # fmt: skip
             missing = [int(r) for r in rows if r not in shapes or r not in textures]
             if missing:
                 raise AnalysisError(
@@ -95,19 +100,38 @@ class CueConflictLabels:
                 )
             labels = cls(dataset, rows, _names([shapes[r] for r in rows]), _names([textures[r] for r in rows]),
                          CUES_FROM_ANNOTATIONS)  # fmt: skip
-            if np.all(labels.shape == labels.texture):
-                raise AnalysisError(f"dataset {dataset}: every image's shape equals its texture, so none is a cue "
-                                    "conflict (shape bias needs images whose shape and texture disagree)")  # fmt: skip
-            return labels
-        locators = store.sample_table(dataset)["locator"][rows]
-        try:
-            pairs = [parse_cue_conflict_filename(str(locator)) for locator in locators]
-        except AnalysisError as exc:
-            raise AnalysisError(
-                f"dataset {dataset} has no 'shape'/'texture' annotations and its file names do not name the cues "
-                f"({exc})"
-            ) from None
-        return cls(dataset, rows, _names([p[0] for p in pairs]), _names([p[1] for p in pairs]), CUES_FROM_FILE_NAMES)
+        else:
+            locators = store.sample_table(dataset)["locator"][rows]
+            try:
+                pairs = [parse_cue_conflict_filename(str(locator)) for locator in locators]
+            except AnalysisError as exc:
+                raise AnalysisError(
+                    f"dataset {dataset} has no 'shape'/'texture' annotations and its file names do not name the cues "
+                    f"({exc})"
+                ) from None
+            labels = cls(dataset, rows, _names([p[0] for p in pairs]), _names([p[1] for p in pairs]),
+                         CUES_FROM_FILE_NAMES)  # fmt: skip
+        labels.check_categories(store.dataset_info(dataset))
+        return labels
+
+    def check_categories(self, info: dict[str, Any]) -> None:
+        """Models decide among the dataset's classes, so every shape and texture must be one of them, and
+        some image's shape must differ from its texture."""
+        if not info["classnames"]:
+            raise AnalysisError(f"dataset {self.dataset} has no classes (a {info['task']} dataset): shape bias needs "
+                                "a cue-conflict dataset whose classes are its shape and texture categories")  # fmt: skip
+        classes = set(info["classnames"])
+        for cue, names in (("shape", self.shape), ("texture", self.texture)):
+            outside = [i for i, name in enumerate(names) if name not in classes]
+            if outside:
+                raise AnalysisError(
+                    f"dataset {self.dataset}: {len(outside)} of {len(names)} rows have a {cue} that is not one of its "
+                    f"classes (row {int(self.rows[outside[0]])}: {names[outside[0]]!r}); shape bias needs shapes and "
+                    f"textures among the classes the models decide over"
+                )
+        if np.all(self.shape == self.texture):
+            raise AnalysisError(f"dataset {self.dataset}: every image's shape equals its texture, so none is a cue "
+                                "conflict (shape bias needs images whose shape and texture disagree)")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 from embedstore.analysis.zeroshot import ZeroShotResult, evaluate_logits, evaluate_zeroshot
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
+    check_templates_encoded,
     has_labelled_classes,
     head_fits,
     labels_of,
@@ -59,6 +60,7 @@ def zeroshot_result(store: Store, model: str, dataset: str, templates: Sequence[
         image = store.read_array(dataset, model, "image_emb", rows=rows)
         text = store.read_array(dataset, model, "text_emb")
         indices = list(templates) if templates is not None else prompt_indices(store, dataset, "default")
+        check_templates_encoded(text, indices, model, dataset)
         return evaluate_zeroshot(image, text, labels, template_indices=indices)
     logits = store.read_array(dataset, model, "logits", rows=rows)
     if info["class_subset"] is None and logits.shape[1] != len(info["classnames"]):
@@ -75,28 +77,37 @@ def run_zeroshot(
     models: Sequence[str],
     datasets: Sequence[str],
     *,
-    prompt_set: str = "default",
+    prompt_set: str | None = None,
     templates: Sequence[int] | None = None,
     per_class: bool = False,
 ) -> list[ZeroShotRow]:
     """Evaluate every (model, dataset) pair (ids or glob patterns) and record the results.
 
-    ``templates`` (explicit template indices) overrides ``prompt_set``. Pairs whose arrays do not
-    exist are errors naming the missing array."""
+    CLIP models are scored under ``prompt_set`` (None: ``default``) or explicit template indices
+    (``templates``, given instead of a prompt set). Either one given when no CLIP model is selected
+    is an error, as is an unknown prompt set or template index. Pairs whose arrays do not exist are
+    errors naming the missing array."""
+    if prompt_set is not None and templates is not None:
+        raise AnalysisError("give --prompts or --templates, not both")
+    selected = resolve_models(store, models)
+    clip_models = [m for m in selected if model_kind(store, m) == "clip"]
+    option = "--prompts" if prompt_set is not None else "--templates" if templates is not None else None
+    if option and not clip_models:
+        raise AnalysisError(f"{option} chooses the prompts of CLIP models, and none is selected (classifiers are "
+                            "scored on their head logits)")  # fmt: skip
     rows = []
     for dataset in resolve_datasets(store, datasets):
         if not has_labelled_classes(store, dataset, named=named_explicitly(dataset, datasets),
                                     needed_for="zero-shot classification"):  # fmt: skip
             continue
-        for model in resolve_models(store, models):
-            clip = model_kind(store, model) == "clip"
+        clip_indices = _clip_templates(store, dataset, prompt_set, templates) if clip_models else None
+        for model in selected:
+            clip = model in clip_models
             if not clip and not named_explicitly(model, models) and not head_fits(store, model, dataset):
                 continue
-            indices = (
-                (list(templates) if templates is not None else store.prompt_set(dataset, prompt_set)) if clip else None
-            )
+            indices = clip_indices if clip else None
             result = zeroshot_result(store, model, dataset, indices)
-            label = (prompt_set if templates is None else "custom") if clip else None
+            label = ("custom" if templates is not None else prompt_set or "default") if clip else None
             params = {
                 "logits": "zero-shot" if clip else "classifier head",
                 "prompt_set": label,
@@ -112,3 +123,21 @@ def run_zeroshot(
             store.put_results("zeroshot", metrics, params=params, model=model, dataset=dataset)
             rows.append(ZeroShotRow(model, dataset, label, result))
     return rows
+
+
+def _clip_templates(store: Store, dataset: str, prompt_set: str | None, templates: Sequence[int] | None) -> list[int]:
+    """The template indices CLIP models are scored with on ``dataset``, checked against its templates."""
+    if templates is None:
+        return store.prompt_set(dataset, prompt_set or "default")
+    indices = [int(t) for t in templates]
+    n_templates = len(store.templates(dataset))
+    if not indices:
+        raise AnalysisError("--templates names no template index")
+    outside = [t for t in indices if not 0 <= t < n_templates]
+    if outside:
+        raise AnalysisError(f"--templates: {outside[0]} is not a template index of dataset {dataset}, which has "
+                            f"{n_templates} templates (0 to {n_templates - 1})")  # fmt: skip
+    repeated = [t for i, t in enumerate(indices) if t in indices[:i]]
+    if repeated:
+        raise AnalysisError(f"--templates repeats template {repeated[0]} (it would weigh twice in the ensemble)")
+    return indices

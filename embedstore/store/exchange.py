@@ -242,7 +242,7 @@ def import_array(
     data, keys = read_matrix(path, keys_file, h5_dataset)
     if str(data.dtype) not in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool"):
         raise StoreError(f"{path} holds dtype {data.dtype}, which a store cannot keep")
-    check_importable(store, model, name, path, data, keys, dataset)
+    check_importable(store, model, name, path, data, keys)
     with dataset_locks(store.path, [dataset], doing="embedstore import"):
         return _write_import(store, dataset, model, name, Path(path), data, keys)
 
@@ -295,14 +295,14 @@ _NOT_IMPORTABLE = (
 
 
 def check_importable(store: Store, model: str, name: str, path: str | Path, data: np.ndarray,
-                     keys: Sequence[str], dataset: str | None = None) -> None:  # fmt: skip
+                     keys: Sequence[str]) -> None:  # fmt: skip
     """Refuse, before anything is registered, a matrix the analyses could not use: ``text_emb``
     (per class and template, not per sample); an ``image_emb``/``caption_emb``/``logits`` that is not
     a 2-D floating-point matrix; NaN or infinite values (the extractor never writes them: bad samples
     are zero rows listed in ``bad_samples``); embeddings whose width differs from the model's
     embeddings already in the store, with which zero-shot scoring or cross-dataset analyses would
-    combine them; ``logits`` whose width is not the number of classes of ``dataset`` (when it is in the
-    store with classes and no class subset)."""
+    combine them. ``logits`` may be wider than ``dataset``'s classes: a 1000-way ImageNet head is scored
+    on a 16-category cue-conflict set through its category mapping."""
     if name in NOT_PER_SAMPLE_ARRAYS:
         raise StoreError(_NOT_IMPORTABLE.format(name=name))
     if name in PER_SAMPLE_FLOAT_ARRAYS and (data.ndim != 2 or data.dtype.kind != "f"):
@@ -314,16 +314,6 @@ def check_importable(store: Store, model: str, name: str, path: str | Path, data
             first = int(np.flatnonzero(~finite)[0])
             raise StoreError(f"{path}: {int((~finite).sum())} row(s) hold NaN or infinite values, the first for "
                              f"sample key {keys[first]!r}")  # fmt: skip
-    if (
-        name == "logits"
-        and data.ndim == 2
-        and dataset
-        and store.query("SELECT name FROM datasets WHERE name = ?", [dataset])
-    ):
-        info = store.dataset_info(dataset)
-        classes = len(info["classnames"] or [])
-        if classes and info["class_subset"] is None and data.shape[1] != classes:
-            raise StoreError(f"{path} rows have {data.shape[1]} logits but dataset {dataset} has {classes} classes")
     if name in ("image_emb", "caption_emb"):
         widths = {f"{info.name} on {info.dataset}": info.shape[-1] for info in store.list_arrays(model=model)
                   if info.name in ("image_emb", "caption_emb", "text_emb")}  # fmt: skip
