@@ -162,6 +162,11 @@ def test_command_prints_a_table_and_json(tiny_store) -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [(r["ood"], r["positive"]) for r in rows] == [("shapes-ood", "ood"), ("mean", "ood")]
+    swept = _invoke(tiny_store, "--model", CLIP, "--id", "shapes", "--ood", "shapes*", "--score", "knn", "--k", "3",
+                    "--bank", "shapes-v2", "--json")  # fmt: skip
+    assert swept.exit_code == 0, swept.output
+    ood_sets = {r["ood"] for r in json.loads(swept.stdout)} - {"mean"}
+    assert "shapes-ood" in ood_sets and not ood_sets & {"shapes", "shapes-v2"}  # a glob leaves out the ID set and bank
 
 
 def _lonely_dataset(store) -> str:

@@ -187,7 +187,7 @@ def run_ood(
     score_names = _check_scores(scores)
     with store.session():
         model_ids = resolve_models(store, models)
-        id_name, ood_names = _resolve_datasets(store, id_dataset, ood_datasets)
+        id_name, ood_names = _resolve_datasets(store, id_dataset, ood_datasets, settings.bank)
         _check_settings(settings, id_name, ood_names, score_names)
         _check_id_classes(store, id_name, score_names)
         if settings.bank is not None:
@@ -210,14 +210,24 @@ def run_ood(
 # Checks
 
 
-def _resolve_datasets(store: Store, id_dataset: str, ood_datasets: Sequence[str]) -> tuple[str, list[str]]:
+def _resolve_datasets(
+    store: Store, id_dataset: str, ood_datasets: Sequence[str], bank: str | None
+) -> tuple[str, list[str]]:
+    """The ID dataset and the OOD datasets. An ``--ood`` glob leaves out the ID dataset and the bank,
+    which it matches only by accident (``--ood '*'``); naming either as OOD is an error."""
     id_names = resolve_datasets(store, [id_dataset])
     if len(id_names) != 1:
         raise AnalysisError(f"--id {id_dataset!r} matches {len(id_names)} datasets; name exactly one ID dataset")
-    ood_names = resolve_datasets(store, ood_datasets)
-    if id_names[0] in ood_names:
-        raise AnalysisError(f"dataset {id_names[0]} is both the ID dataset and an OOD dataset")
-    return id_names[0], ood_names
+    id_name = id_names[0]
+    ood_names = [
+        name for name in resolve_datasets(store, ood_datasets)
+        if name not in (id_name, bank) or named_explicitly(name, ood_datasets)
+    ]  # fmt: skip
+    if id_name in ood_names:
+        raise AnalysisError(f"dataset {id_name} is both the ID dataset and an OOD dataset")
+    if not ood_names:
+        raise AnalysisError(f"--ood {' '.join(ood_datasets)} matches no dataset besides the ID dataset and the bank")
+    return id_name, ood_names
 
 
 def _check_scores(scores: Sequence[str]) -> list[str]:
