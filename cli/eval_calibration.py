@@ -7,6 +7,7 @@ import numpy as np
 
 from embedstore.analysis.calibration import DEFAULT_N_BINS, ReliabilityDiagram
 from embedstore.evaluate.calibration import run_calibration
+from embedstore.evaluate.common import prompt_option
 from embedstore.store import Store
 from embedstore_cli.options import (
     datasets_option,
@@ -31,7 +32,7 @@ TABLE_COLUMNS = ["model", "dataset", "fit_on", "temperature", "n", "acc1", "ece"
 @click.option("--split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Fraction of rows T is fitted on; the rest is reported [0.5 without --calibrate-on].")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --split draw.")
-@click.option("--prompts", "prompt_set", default="default", show_default=True, help="Prompt set (CLIP models).")
+@click.option("--prompts", "prompt_set", default=None, help="Prompt set (CLIP models) [default].")
 @click.option(
     "--bins",
     "n_bins",
@@ -43,7 +44,7 @@ TABLE_COLUMNS = ["model", "dataset", "fit_on", "temperature", "n", "acc1", "ece"
 @json_option
 @user_errors
 def calibration_command(store_path: str, models: tuple[str, ...], datasets: tuple[str, ...], calibrate_on: str | None,
-                        split: float | None, seed: int, prompt_set: str, n_bins: int, as_json: bool) -> None:  # fmt: skip
+                        split: float | None, seed: int, prompt_set: str | None, n_bins: int, as_json: bool) -> None:  # fmt: skip
     """Calibration of zero-shot CLIP logits (logit_scale * cos) or classifier logits: ECE (equal-width
     bins), adaptive ECE, MCE, NLL, Brier and reliability bins, before and after temperature scaling
     (one T per model minimising NLL on rows disjoint from the reported ones). Accuracy is unchanged.
@@ -52,8 +53,9 @@ def calibration_command(store_path: str, models: tuple[str, ...], datasets: tupl
     embedstore eval calibration --model 'openclip:*' --dataset imagenet --split 0.5 --seed 0
     embedstore eval calibration --model M --calibrate-on imagenet --dataset imagenet-v2 --dataset imagenet-r
     """
-    runs = run_calibration(Store.open(store_path, readonly=False), models, datasets, calibrate_on=calibrate_on,
-                           split=split, seed=seed, prompt_set=prompt_set, n_bins=n_bins)  # fmt: skip
+    store = Store.open(store_path, readonly=False)
+    runs = run_calibration(store, models, datasets, calibrate_on=calibrate_on, split=split, seed=seed,
+                           prompt_set=prompt_option(store, models, prompt_set), n_bins=n_bins)  # fmt: skip
     if as_json:
         print_json([{**run.summary(), "params": run.params,
                      "reliability": {"before": _bins(run.reliability_before), "after": _bins(run.reliability_after)}}

@@ -8,6 +8,7 @@ import click
 
 from embedstore.analysis.factors import ANNOTATION_MODES, IMAGENET_X_FACTORS, STUDY_DEFAULT_FACTORS
 from embedstore.analysis.robustness import REGRESSORS, TRANSFORMS
+from embedstore.evaluate.common import prompt_option
 from embedstore.evaluate.factors import FactorReport, run_factors
 from embedstore.store import Store
 from embedstore_cli.options import json_option, models_option, print_json, print_table, store_option, user_errors
@@ -38,8 +39,8 @@ def _factor_list(text: str) -> tuple[str, ...]:
               help="Axis transform of the per-factor effective-robustness fit.")  # fmt: skip
 @click.option("--regressor", type=click.Choice(REGRESSORS), default="huber", show_default=True,
               help="Line fit of the per-factor effective robustness.")  # fmt: skip
-@click.option("--prompts", "prompt_set", default="default", show_default=True,
-              help="Prompt set of CLIP models' zero-shot predictions.")  # fmt: skip
+@click.option("--prompts", "prompt_set", default=None,
+              help="Prompt set of CLIP models' zero-shot predictions [default].")  # fmt: skip
 @json_option
 @user_errors
 def factors_command(store_path: str, models: tuple[str, ...], dataset: str, factor_text: str, as_json: bool,
@@ -49,6 +50,7 @@ def factors_command(store_path: str, models: tuple[str, ...], dataset: str, fact
 
     Results go to the catalog (analysis 'factors')."""
     store = Store.open(store_path, readonly=False)
+    options["prompt_set"] = prompt_option(store, models, options["prompt_set"])
     report = run_factors(store, models, dataset, factors=_factor_list(factor_text), **options)
     for model, reason in report.skipped.items():
         click.echo(f"skipped {model}: {reason}", err=True)

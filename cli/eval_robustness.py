@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from embedstore.analysis.robustness import MIN_MODELS_FOR_TREND, REGRESSORS, TRANSFORMS
+from embedstore.evaluate.common import prompt_option
 from embedstore.evaluate.robustness import DEFAULT_GROUP_BY, RobustnessReport, run_robustness
 from embedstore.store import Store
 from embedstore_cli.options import json_option, models_option, print_json, print_table, store_option, user_errors
@@ -29,8 +30,8 @@ from embedstore_cli.options import json_option, models_option, print_json, print
 @click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
               help="Resamples of the reference models for a 95% band on each model's ER (0: none).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
-@click.option("--prompts", "prompt_set", default="default", show_default=True,
-              help="Prompt set of CLIP models' zero-shot accuracies.")  # fmt: skip
+@click.option("--prompts", "prompt_set", default=None,
+              help="Prompt set of CLIP models' zero-shot accuracies [default].")  # fmt: skip
 @click.option("--group-by", default=DEFAULT_GROUP_BY, show_default=True,
               help="models column whose values group the selected models for per-group R^2 and Spearman.")  # fmt: skip
 @json_option
@@ -44,6 +45,7 @@ def robustness_command(store_path: str, models: tuple[str, ...], id_dataset: str
     `eval zeroshot` results for the same prompt set, else are computed from the cache; T clips
     accuracies of 0 and 1 to [1e-4, 1 - 1e-4]. Results go to the catalog (analysis 'robustness')."""
     store = Store.open(store_path, readonly=False)
+    options["prompt_set"] = prompt_option(store, models, options["prompt_set"])
     report = run_robustness(store, models, id_dataset, shifted, **options)
     for name, reason in {**report.skipped_datasets, **report.skipped}.items():
         click.echo(f"skipped {name}: {reason}", err=True)

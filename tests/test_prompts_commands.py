@@ -68,3 +68,21 @@ def test_select_errors_name_the_flags(tiny_store):
     assert out.exit_code == 1 and out.output.splitlines() == [
         "Error: dataset shapes-ood has no labelled, decodable rows (an OOD set?): template selection needs labels"
     ]
+
+
+def test_prompts_given_to_an_analysis_without_a_clip_model_is_refused(tiny_store):
+    from embedstore_cli.main import cli
+
+    commands = [
+        ["calibration", "--dataset", "shapes"],
+        ["robustness", "--id", "shapes", "--shifted", "shapes-v2"],
+        ["shape-bias", "--dataset", "shapes-cue-conflict"],
+        ["factors", "--dataset", "shapes-x"],
+    ]
+    for command in commands:
+        args = ["eval", command[0], "--store", str(tiny_store.path), "--model", TIMM, *command[1:], "--prompts", "x"]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and result.output.splitlines() == [
+            "Error: --prompts chooses the prompt set of CLIP models, and no selected model is one (classifiers are "
+            "scored on their head logits)"
+        ], (command, result.output)

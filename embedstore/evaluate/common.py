@@ -26,7 +26,7 @@ import numpy as np
 
 from embedstore.analysis.zeroshot import classifier_weights, zeroshot_cosines
 from embedstore.errors import AnalysisError
-from embedstore.store import Store, stored_model_id
+from embedstore.store import DEFAULT_PROMPT_SET, Store, stored_model_id
 
 T = TypeVar("T")
 
@@ -54,6 +54,17 @@ def resolve_models(store: Store, patterns: Sequence[str]) -> list[str]:
 def resolve_datasets(store: Store, patterns: Sequence[str]) -> list[str]:
     known = [r["name"] for r in store.query("SELECT name FROM datasets ORDER BY name")]
     return _expand(patterns, known, "dataset", store)
+
+
+def prompt_option(store: Store, models: Sequence[str], prompt_set: str | None) -> str:
+    """The prompt set CLIP models are scored with: ``prompt_set`` as given (``--prompts``), else
+    ``default``. Given while no selected model is a CLIP model it would change nothing, so it is refused."""
+    if prompt_set is None:
+        return DEFAULT_PROMPT_SET
+    if not any(model_kind(store, model) == "clip" for model in resolve_models(store, models)):
+        raise AnalysisError("--prompts chooses the prompt set of CLIP models, and no selected model is one "
+                            "(classifiers are scored on their head logits)")  # fmt: skip
+    return prompt_set
 
 
 def named_explicitly(name: str, patterns: Sequence[str]) -> bool:
