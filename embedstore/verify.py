@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from embedstore.errors import StoreError
-from embedstore.store import ArrayInfo, Store
+from embedstore.store import ArrayInfo, Store, stored_model_id
 
 OK, DAMAGED, UNREADABLE = "ok", "damaged", "unreadable"
 
@@ -43,7 +43,9 @@ def verify_arrays(
     on_array: Callable[[ArrayInfo], None] | None = None,
 ) -> list[ArrayCheck]:
     """Verify every array whose dataset and model match the glob patterns ``dataset`` and ``model``
-    (all arrays when None); ``on_array`` is called before each array is read."""
+    (all arrays when None; either spelling of random weights, `stored_model_id`); ``on_array`` is called
+    before each array is read."""
+    model = stored_model_id(model) if model is not None else None
     infos = [
         info
         for info in store.list_arrays()

@@ -128,14 +128,14 @@ def test_bootstrap_band_contains_line_and_is_reproducible() -> None:
     assert np.all(band.lower <= band.center) and np.all(band.center <= band.upper)
     assert np.all(band.upper - band.lower > 0) and np.all(band.upper - band.lower < 0.1)
     assert band.n_boot == 200 and 0 < band.n_boot_used <= 200 and band.level == 0.95
-    wider = bootstrap_trend_band(acc_x, acc_y, grid, n_boot=200, seed=7, level=0.99, regressor="ols")
+    wider = bootstrap_trend_band(acc_x, acc_y, grid, n_boot=201, seed=7, level=0.99, regressor="ols")
     assert np.all(wider.upper - wider.lower >= band.upper - band.lower)
 
 
 def test_bootstrap_band_with_huber_runs() -> None:
     acc_x = np.linspace(0.4, 0.8, 6)
     acc_y = _on_line(acc_x, 1.0, -0.2, "probit") + np.array([0.01, -0.01, 0.0, 0.01, -0.01, 0.0])
-    band = bootstrap_trend_band(acc_x, acc_y, [0.5, 0.7], n_boot=40, seed=0, regressor="huber")
+    band = bootstrap_trend_band(acc_x, acc_y, [0.5, 0.7], n_boot=41, seed=0, regressor="huber")
     assert np.all(band.lower <= band.upper)
 
 
@@ -182,10 +182,15 @@ def test_bootstrap_and_groups_reject_bad_input() -> None:
     acc = [0.5, 0.6, 0.7]
     with pytest.raises(AnalysisError, match="n_boot"):
         bootstrap_trend_band(acc, acc, [0.5], n_boot=0)
-    # fewer resamples than 1 / tail would leave a tail empty: the bound would be the most extreme line
-    assert (min_resamples(0.95), min_resamples(0.9), min_resamples(0.99)) == (40, 20, 200)
-    with pytest.raises(AnalysisError, match=r"n_boot: a 95% band needs at least 40 resamples .* got 39"):
-        bootstrap_trend_band(acc, acc, [0.5], n_boot=39)
+    # with fewer resamples a bound is the most extreme bootstrapped line
+    assert (min_resamples(0.95), min_resamples(0.9), min_resamples(0.99)) == (41, 22, 201)
+    for level in (0.9, 0.95, 0.99):
+        fewest, tail = min_resamples(level), (1 - level) / 2
+        ranks = np.arange(fewest)
+        assert np.quantile(ranks, tail, method="lower") > 0 and np.quantile(ranks, 1 - tail, method="higher") < fewest - 1
+        assert np.quantile(ranks[:-1], tail, method="lower") == 0  # one resample fewer: the extreme line
+    with pytest.raises(AnalysisError, match=r"n_boot: a 95% band needs at least 41 resamples .* got 40"):
+        bootstrap_trend_band(acc, acc, [0.5], n_boot=40)
     with pytest.raises(AnalysisError, match="level"):
         bootstrap_trend_band(acc, acc, [0.5], level=1.0)
     with pytest.raises(AnalysisError, match="grid"):

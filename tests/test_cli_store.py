@@ -201,6 +201,30 @@ def test_import_refuses_unusable_files_names_and_ids_in_one_line(run, tmp_path, 
                                                tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt").output  # fmt: skip
 
 
+def test_an_interrupted_import_resumes_when_run_again(tmp_path, matrix, monkeypatch):
+    from embedstore.errors import StoreError
+    from embedstore.store import Store, exchange
+    from embedstore.store.arrays import StoreArray
+
+    data, _ = matrix
+    store = Store.create(tmp_path / "store")
+    monkeypatch.setattr(exchange, "IMPORT_CHUNK_ROWS", 16)
+    write_chunk = StoreArray.write_chunk
+
+    def disk_full_at_chunk_2(self, index, rows, extra=None):
+        if index == 2:
+            raise StoreError("cannot write chunk 2: no space left on device")
+        return write_chunk(self, index, rows, extra)
+
+    monkeypatch.setattr(StoreArray, "write_chunk", disk_full_at_chunk_2)
+    with pytest.raises(StoreError, match="no space left"):
+        exchange.import_array(store, "ds", "m", "image_emb", tmp_path / "emb.npy", keys_file=tmp_path / "keys.txt")
+    assert store.list_arrays("ds", "m", "image_emb")[0].status != "complete"
+    monkeypatch.setattr(StoreArray, "write_chunk", write_chunk)
+    exchange.import_array(store, "ds", "m", "image_emb", tmp_path / "emb.npy", keys_file=tmp_path / "keys.txt")
+    np.testing.assert_array_equal(store.read_array("ds", "m", "image_emb"), data)
+
+
 def test_export_and_sql_write_only_where_asked_and_never_into_the_store(run, tmp_path, matrix):
     run("init")
     run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy",

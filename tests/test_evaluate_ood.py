@@ -204,8 +204,12 @@ def test_bad_input_is_one_line_through_the_command(tiny_store, args: list[str], 
 def test_a_caption_set_as_id_dataset_is_refused_for_class_scores(tiny_store) -> None:
     result = _invoke(tiny_store, "--model", "*", "--id", "shapes-captions", "--ood", "shapes-ood", "--score", "msp")
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
-    assert "--id shapes-captions has no class labels (a retrieval dataset): score msp is computed over" in result.output
+    assert "--id shapes-captions has no class labels (a retrieval dataset): a CLIP model's score msp is computed" in (
+        result.output
+    )
     assert "text_emb" not in result.output
+    (head,) = run_ood(tiny_store, [CLASSIFIER], "shapes-captions", ["shapes-ood"], ["msp"])
+    assert head.n_id == 24  # a classifier's msp comes from its own head: no classes of the ID set needed
     (run,) = run_ood(tiny_store, [CLIP], "shapes-captions", ["shapes-ood"], ["knn"], OODSettings(k=3))
     assert run.n_id == 12  # knn needs no classes: half of the 24 caption-set images, the other half the bank
 

@@ -264,5 +264,5 @@ def test_cli_user_errors_are_one_line(study_store):
     few = CliRunner().invoke(robustness_command, ["--store", str(study_store.path), "--model", "import:*", "--id",
                                                   "shapes", "--shifted", "shapes-v2", "--bootstrap", "1"])  # fmt: skip
     assert few.exit_code == 1 and few.output.strip().splitlines() == [
-        "Error: bootstrap: the number of resamples must be 0 (none) or at least 40 for a 95% band, got 1"
+        "Error: bootstrap: the number of resamples must be 0 (none) or at least 41 for a 95% band, got 1"
     ]

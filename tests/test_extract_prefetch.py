@@ -169,10 +169,55 @@ def test_encoded_outputs_on_cuda_are_read_only_after_their_copy_event(monkeypatc
 
     monkeypatch.setattr(torch, "cuda", Cuda())
     job = runner._ModelJob.__new__(runner._ModelJob)
-    job.encode_seconds, job.rows_encoded, job.warmup = 0.0, 2, None
+    job.encode_seconds, job.rows_encoded, job.rows_timed, job.warmup = 0.0, 2, 0, None
     image, logits = torch.ones(2, 4, dtype=torch.float16), torch.zeros(2, 3)
     encoded = runner._EncodedBatch(job, image, logits, torch.device("cuda", 1))
     assert calls == ["record on stream of cuda:1"]
     host_image, host_logits = encoded.to_host()
     assert calls == ["record on stream of cuda:1", "synchronize"]
     assert host_image.dtype == np.float16 and host_logits.shape == (2, 3)
+
+
+def test_a_gpu_models_images_per_s_counts_rows_once_their_compute_was_waited_for(monkeypatch):
+    """`runner._ModelJob.images_per_s` on a GPU: a batch's compute shows in the wait for its copy, so its
+    rows count from then on; the first batch (lazy initialisation) is left out, the second is not."""
+    import time
+
+    from embedstore.extract import runner
+
+    waits = iter([0.5, 0.1, 0.1, 0.1])  # the first batch's wait holds its warm-up
+
+    class WaitingEvent:
+        def record(self, stream) -> None:
+            pass
+
+        def synchronize(self) -> None:
+            time.sleep(next(waits))
+
+    class Cuda:
+        def __getattr__(self, name):
+            return getattr(_REAL_CUDA, name)
+
+        Event = WaitingEvent
+
+        @staticmethod
+        def current_stream(device):
+            return None
+
+    monkeypatch.setattr(torch, "cuda", Cuda())
+    job = runner._ModelJob.__new__(runner._ModelJob)
+    job.encode_seconds, job.rows_encoded, job.rows_timed, job.warmup = 0.0, 0, 0, None
+
+    def launch() -> runner._EncodedBatch:  # what `_ModelJob.encode` does on a GPU: launch, time later
+        job.rows_encoded += 4
+        return runner._EncodedBatch(job, torch.ones(4, 2), None, torch.device("cuda", 0))
+
+    first, second = launch(), launch()  # one batch in flight, as in the pass
+    first.to_host()
+    third = launch()
+    second.to_host()
+    fourth = launch()
+    third.to_host()
+    fourth.to_host()
+    assert job.rows_timed == job.rows_encoded == 16
+    assert job.images_per_s == pytest.approx(12 / 0.3, rel=0.15)  # 3 batches of 4 after the warm-up, 0.1 s each

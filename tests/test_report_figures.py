@@ -458,6 +458,25 @@ def test_every_kind_builds_from_the_seeded_catalog(study_store):
     )
 
 
+def test_a_model_with_results_but_no_models_row_is_drawn_with_the_unknown_labels(tiny_store_template, tmp_path):
+    import duckdb
+
+    from embedstore.report.kinds import model_style
+
+    shutil.copytree(tiny_store_template, tmp_path / "store")
+    with duckdb.connect(str(tmp_path / "store" / "catalog.duckdb")) as catalog:  # every registered model labelled
+        catalog.execute("UPDATE models SET group_label = 'zero-shot CLIP', train_data = 'LAION-2B'")
+    store = Store.open(tmp_path / "store", readonly=False)
+    seed_study_results(store)
+    store.put_results("shape_bias", [("shape_bias", 0.5)], params={"decision": "argmax"}, model="gone:model",
+                      dataset="shapes-cue-conflict")  # fmt: skip
+    data = ReportData.load(store)
+    assert "gone:model" not in data.models
+    style = model_style(data)
+    assert NO_GROUP in style.colours and NO_TRAIN_DATA in style.markers
+    assert render("shape-bias", data).figure.axes
+
+
 def test_missing_results_are_reported_not_drawn(tiny_store):
     data = ReportData.load(tiny_store)
     assert data.id_dataset is None

@@ -305,8 +305,9 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, positive: Positiv
 
     All four come from one sort: at each distinct score t (accepting scores >= t, so tied scores are
     accepted together) the counts of ID and OOD samples accepted are the points of the ROC and
-    precision-recall curves, exactly as ``sklearn.metrics.roc_curve`` / ``precision_recall_curve`` build
-    them (the tests check every metric against sklearn and OpenOOD's formula).
+    precision-recall curves, as ``sklearn.metrics.roc_curve`` / ``precision_recall_curve`` build them.
+    FPR@95 equals sklearn's exactly; AUROC and the AUPRs to within float summation order (~1e-15), as
+    the tests check against sklearn and OpenOOD's formula.
 
     - AUROC: the trapezoid area under the ROC curve (= ``roc_auc_score``; ties count one half).
     - FPR@95 is the false-positive rate at the first ROC point whose true-positive rate is >= 0.95:

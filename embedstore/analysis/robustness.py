@@ -207,8 +207,14 @@ def effective_robustness(
 
 
 def min_resamples(level: float) -> int:
-    """The fewest bootstrap resamples whose ``(1 - level) / 2`` tails each hold one resample: 40 at 95%."""
-    return math.ceil(2.0 / (1.0 - level) - 1e-9)
+    """The fewest bootstrap resamples for which neither bound of the band is an extreme line: with B
+    lines, ``method="lower"`` at ``tail = (1 - level) / 2`` takes line ``floor(tail (B - 1))``, which is past
+    the lowest one once ``B >= 1 / tail + 1`` (41 at 95%), and ``"higher"`` at ``1 - tail`` likewise."""
+    tail = (1.0 - level) / 2.0
+    fewest = math.ceil(1.0 / tail)  # then past any float rounding of the positions numpy computes
+    while math.floor(tail * (fewest - 1)) < 1 or math.ceil((1.0 - tail) * (fewest - 1)) > fewest - 2:
+        fewest += 1
+    return fewest
 
 
 def bootstrap_trend_band(
@@ -230,8 +236,8 @@ def bootstrap_trend_band(
     ``n_boot`` times (``numpy.random.default_rng(seed)``), refit the line in the transformed space,
     evaluate it at ``T(grid)``, and take the lower quantile with numpy's ``method="lower"`` and the
     upper with ``method="higher"`` (so each bound is one of the bootstrapped lines), then map back
-    with T^-1. ``n_boot`` must reach `min_resamples` (40 at 95%): fewer leave a tail without a resample,
-    and the bound would be the extreme line. Resamples with one distinct ``acc_x`` are skipped and counted out of ``n_boot_used``.
+    with T^-1. ``n_boot`` must reach `min_resamples` (41 at 95%): with fewer, a bound would be the most
+    extreme line. Resamples with one distinct ``acc_x`` are skipped and counted out of ``n_boot_used``.
     """
     x, y = _validate_pair(acc_x, acc_y)
     points = _validate_accuracies(grid, "grid")
@@ -239,8 +245,8 @@ def bootstrap_trend_band(
         raise AnalysisError(f"level: must lie strictly between 0 and 1, got {level!r}")
     fewest = min_resamples(level)
     if not isinstance(n_boot, (int, np.integer)) or n_boot < fewest:
-        raise AnalysisError(f"n_boot: a {100 * level:g}% band needs at least {fewest} resamples (one in each tail "
-                            f"of {100 * (1 - level) / 2:g}%), got {n_boot!r}")  # fmt: skip
+        raise AnalysisError(f"n_boot: a {100 * level:g}% band needs at least {fewest} resamples (so that neither "
+                            f"bound is the most extreme line), got {n_boot!r}")  # fmt: skip
     center_trend = fit_linear_trend(x, y, transform, regressor, eps=eps, huber_epsilon=huber_epsilon)
     tx = transform_accuracy(x, transform, eps=eps)
     ty = transform_accuracy(y, transform, eps=eps)
@@ -250,8 +256,9 @@ def bootstrap_trend_band(
     draws = rng.integers(0, x.size, size=(n_boot, x.size))
     usable = np.ptp(tx[draws], axis=1) > 0.0
     lines = np.array([_FIT[regressor](tx[idx], ty[idx], huber_epsilon) for idx in draws[usable]])
-    if lines.shape[0] == 0:
-        raise AnalysisError("acc_x: no bootstrap resample had two distinct accuracies; add reference models")
+    if lines.shape[0] < fewest:
+        raise AnalysisError(f"acc_x: only {lines.shape[0]} of {n_boot} bootstrap resamples had two distinct "
+                            f"accuracies, fewer than the {fewest} a {100 * level:g}% band needs; add reference models")  # fmt: skip
     z = lines[:, :1] * t_grid[None, :] + lines[:, 1:]
     tail = (1.0 - level) / 2.0
     return TrendBand(

@@ -189,10 +189,10 @@ def run_ood(
         model_ids = resolve_models(store, models)
         id_name, ood_names = _resolve_datasets(store, id_dataset, ood_datasets, settings.bank)
         _check_settings(settings, id_name, ood_names, score_names)
-        _check_id_classes(store, id_name, score_names)
         if settings.bank is not None:
             store.dataset_info(settings.bank)
         plan = _plan(store, model_ids, models, score_names)
+        _check_id_classes(store, id_name, plan)
         _check_prompts_used(store, plan, settings)
         for model, model_scores in plan.items():
             _check_arrays(store, model, id_name, ood_names, model_scores, settings)
@@ -265,14 +265,16 @@ def _check_settings(settings: OODSettings, id_name: str, ood_names: Sequence[str
         raise AnalysisError(f"--k must be a positive integer, got {k!r}")
 
 
-def _check_id_classes(store: Store, id_name: str, scores: Sequence[str]) -> None:
-    """Logit scores and MCM are computed over the ID dataset's classes; a caption set has none."""
-    needing = [s for s in scores if s in LOGIT_SCORES or s == "mcm"]
+def _check_id_classes(store: Store, id_name: str, plan: dict[str, list[str]]) -> None:
+    """CLIP models' logit scores and MCM are computed over the ID dataset's classes (a caption set has
+    none); a classifier's logit scores use its own head and need none."""
+    clip = [m for m in plan if model_kind(store, m) == "clip"]
+    needing = [s for m in clip for s in plan[m] if s in LOGIT_SCORES or s == "mcm"]
     info = store.dataset_info(id_name)
     if needing and not info["classnames"]:
         raise AnalysisError(
-            f"--id {id_name} has no class labels (a {info['task']} dataset): score {needing[0]} is computed over the "
-            f"ID dataset's classes; knn needs none"
+            f"--id {id_name} has no class labels (a {info['task']} dataset): a CLIP model's score {needing[0]} is "
+            f"computed over the ID dataset's classes; knn and classifiers' scores need none"
         )
 
 

@@ -158,7 +158,10 @@ class _ModelJob:
         self.classifier: torch.Tensor | None = None  # [D, C] zero-shot weights for CLIP logits
         self.encode_seconds = 0.0
         self.rows_encoded = 0
-        # encode_seconds and rows_encoded when the first batch reached the host: its lazy initialisation
+        # Rows whose compute encode_seconds holds: on the CPU once encoded, on a GPU (asynchronous) once
+        # their copy to the host has been waited for.
+        self.rows_timed = 0
+        # encode_seconds and rows_timed when the first batch reached the host: its lazy initialisation
         # and one-time allocations are left out of the model's images/s.
         self.warmup: tuple[float, int] | None = None
 
@@ -168,16 +171,16 @@ class _ModelJob:
 
     @property
     def images_per_s(self) -> float | None:
-        """Model-only images/s of the pass after its warm-up: the rows and encode time from the moment
-        the first batch reached the host (it and the batch launched behind it count as warm-up); the
-        whole pass's rate when no batch came after those."""
+        """Model-only images/s of the pass after its warm-up: the rows timed and encode time from the
+        moment the first batch reached the host (on the CPU the batch encoded behind it counts as warm-up
+        too, on a GPU only the first); the whole pass's rate when nothing was timed after that."""
         if not self.encode_seconds:
             return None
         if self.warmup is not None:
             warm_seconds, warm_rows = self.warmup
-            if self.rows_encoded > warm_rows and self.encode_seconds > warm_seconds:
-                return (self.rows_encoded - warm_rows) / (self.encode_seconds - warm_seconds)
-        return self.rows_encoded / self.encode_seconds
+            if self.rows_timed > warm_rows and self.encode_seconds > warm_seconds:
+                return (self.rows_timed - warm_rows) / (self.encode_seconds - warm_seconds)
+        return self.rows_timed / self.encode_seconds
 
     def encode(self, pixels: torch.Tensor) -> _EncodedBatch:
         """Start encoding one prepared batch: image embeddings (store dtype) and logits (float32),
@@ -200,6 +203,8 @@ class _ModelJob:
             encoded = _EncodedBatch(self, _start_host_copy(image), host_logits, image.device)
         self.encode_seconds += time.perf_counter() - start
         self.rows_encoded += len(image)
+        if encoded.copied is None:  # computed already (CPU); on a GPU, timed when its copy is waited for
+            self.rows_timed += len(image)
         return encoded
 
 
@@ -227,8 +232,9 @@ class _EncodedBatch:
             start = time.perf_counter()
             self.copied.synchronize()
             self.job.encode_seconds += time.perf_counter() - start
+            self.job.rows_timed += len(self.image)
         if self.job.warmup is None:
-            self.job.warmup = (self.job.encode_seconds, self.job.rows_encoded)
+            self.job.warmup = (self.job.encode_seconds, self.job.rows_timed)
         return self.image.numpy(), None if self.logits is None else self.logits.numpy()
 
 

@@ -149,9 +149,11 @@ def figure_kind(name: str) -> FigureKind:
 
 
 def model_style(data: ReportData) -> figures.ModelStyle:
-    """One colour per model group and one marker per training source over all the report's models,
-    so that every figure draws a group and a source alike."""
-    labels = list(data.models.values())
+    """One colour per model group and one marker per training source over all the store's models and
+    any model with results but no ``models`` row (drawn with the unknown labels), so that every figure
+    of a report draws a group and a source alike."""
+    unregistered = {r.model for r in data.results if r.model is not None and r.model not in data.models}
+    labels = [*data.models.values(), *(data.label(model) for model in sorted(unregistered))]
     return figures.ModelStyle.for_models([label.group for label in labels], [label.train_data for label in labels])
 
 

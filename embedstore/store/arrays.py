@@ -375,6 +375,13 @@ class StoreArray:
             lo, hi = max(a, start), min(a + rows, self.shape[0], stop)
             key = self.zarr.metadata.encode_chunk_key((index,) + (0,) * (len(self.shape) - 1))
             target = out[lo - start : hi - start]
+
+            def unreadable(what: str) -> None:
+                """A done chunk that cannot be read is damaged; one not written yet (or being written) is zeros."""
+                if self.is_done(index):
+                    raise self.damaged(index, what)
+                target[...] = 0
+
             try:
                 with open(base / key, "rb", buffering=0) as f:
                     if decode == "raw":
@@ -383,16 +390,15 @@ class StoreArray:
                         # 15-16 ms for 51 MB warm on 2 cores).
                         f.seek((lo - a) * row_bytes)
                         scratch = _scratch(target.nbytes)
-                        got = f.readinto(memoryview(scratch)[: target.nbytes])
+                        got = _read_into(f, memoryview(scratch)[: target.nbytes])
                         if got != target.nbytes:
-                            raise self.damaged(index, f"its file {key} ends {target.nbytes - got} bytes short")
+                            unreadable(f"its file {key} ends {target.nbytes - got} bytes short")
+                            return
                         target.reshape(-1).view(np.uint8)[...] = scratch[: target.nbytes]
                         return
                     raw = f.read()
             except FileNotFoundError:
-                if self.is_done(index):  # every done chunk has its file (write_empty_chunks)
-                    raise self.damaged(index, f"its file {key} is missing") from None
-                target[...] = 0
+                unreadable(f"its file {key} is missing")  # every done chunk has its file (write_empty_chunks)
                 return
             try:
                 if lo == a and hi == a + rows:  # the whole chunk lands in the output
@@ -402,7 +408,7 @@ class StoreArray:
                     decode(raw, whole)
                     target[...] = whole[lo - a : hi - a]
             except (RuntimeError, ValueError, TypeError) as exc:  # numcodecs' errors on a damaged stream
-                raise self.damaged(index, f"its file {key} does not decode ({exc})") from None
+                unreadable(f"its file {key} does not decode ({exc})")
 
         indices = range(first, last + 1)
         # Threads pay off only with cores to spare: on 2 cores a warm 51 MB read took 16 ms in one
@@ -437,8 +443,8 @@ class StoreArray:
         """Rows as numpy: all (``None``), a slice, or an index list (only the chunks it touches are read).
 
         Local arrays are read by `_read_direct`, which refuses a damaged chunk; through Zarr (remote
-        locations, codecs of other writers) a chunk that does not decode is refused too, while a missing remote
-        chunk file reads as zeros (`embedstore verify` finds it)."""
+        locations, big-endian dtypes, codecs of other writers) a chunk that does not decode is refused
+        too, while a missing chunk file reads as zeros (`embedstore verify` finds it)."""
         if rows is None:
             rows = slice(None)
         direct = self._direct_codec() is not None
@@ -486,6 +492,18 @@ class StoreArray:
         except (RuntimeError, ValueError, TypeError) as exc:  # a chunk that does not decode
             raise StoreError(f"{self.label} is damaged: a chunk does not decode ({exc}); `embedstore "
                              "verify` checks every chunk; remove the array with `embedstore rm` and extract it again") from None  # fmt: skip
+
+
+def _read_into(f: Any, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``f``, calling ``readinto`` until it is full or the file ends (one call may
+    return less, e.g. beyond 2 GiB on Linux); the number of bytes read."""
+    done = 0
+    while done < len(buffer):
+        got = f.readinto(buffer[done:])
+        if not got:
+            break
+        done += got
+    return done
 
 
 def _blosc_decompress(raw: bytes, out: np.ndarray) -> None:

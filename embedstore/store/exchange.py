@@ -236,7 +236,7 @@ def import_array(
     if any(c in model for c in "*?["):
         raise StoreError(f"model id {model!r} holds a glob character: import registers the id as given, so name "
                          "one model")  # fmt: skip
-    if store.list_arrays(dataset, model, name):
+    if any(info.status == "complete" for info in store.list_arrays(dataset, model, name)):  # a partial one resumes
         raise StoreError(f"{name} of model {model} on dataset {dataset} is already in store {store.path}: remove it "
                          f"with `embedstore rm --dataset {dataset} --model {model} --array {name}` to import it anew")  # fmt: skip
     data, keys = read_matrix(path, keys_file, h5_dataset)

@@ -27,7 +27,7 @@ FINGERPRINT_KINDS = ("dataset", "model", "settings")
 
 
 #: Settings recorded with an extracted array that do not change what is written (not fingerprinted).
-RUN_ONLY_SETTINGS = frozenset({"batch_size", "device", "workers"})
+RUN_ONLY_SETTINGS = frozenset({"batch_size", "device", "workers", "cpu_threads"})
 
 
 def describe_mismatch(
