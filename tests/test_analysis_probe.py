@@ -95,3 +95,25 @@ def test_bad_inputs() -> None:
         linear_probe(tx, ty, vx, vy, {}, refit_on="all")
     with pytest.raises(AnalysisError, match="shape"):
         linear_probe(tx[0], ty, vx, vy, {})
+
+
+def test_small_probes_fit_with_one_blas_thread(monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info
+
+    from embedstore.analysis import probe
+
+    fit, seen = LogisticRegression.fit, []
+
+    def spy(self, x, y, *args, **kwargs):
+        seen.append(max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1))
+        return fit(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 8)), np.arange(40) % 4
+    probe._fit(x, y, 1.0, 0, 100)
+    monkeypatch.setattr(probe, "SINGLE_THREAD_BLAS_BELOW", 0)  # as a large training set would
+    probe._fit(x, y, 1.0, 0, 100)
+    default = max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
+    assert seen == [1, default]
