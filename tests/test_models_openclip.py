@@ -218,8 +218,13 @@ def test_unusable_checkpoints_fail_with_model_error(tmp_path: Path) -> None:
         load_model(f"{TINY}@{tmp_path / 'missing.pt'}")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(ModelError, match="garbage.pt"):
+    with pytest.raises(ModelError, match=r"garbage.pt is not a file torch.save wrote \(it begins b'this is '\)"):
         load_model(f"{TINY}@{garbage}")
+    cut = tmp_path / "cut.pt"
+    torch.save({"weight": torch.zeros(300)}, cut)
+    cut.write_bytes(cut.read_bytes()[:200])  # a zip archive cut short: the error says what torch found
+    with pytest.raises(ModelError, match=r"cut.pt cannot be read as a torch checkpoint \(\w+: "):
+        load_model(f"{TINY}@{cut}")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weight": torch.zeros(3)}, foreign)
     with pytest.raises(ModelError, match="could not build it"):

@@ -96,7 +96,13 @@ def check_checkpoint_file(path: Path) -> None:
             f"it is not a plain tensor checkpoint: save only the state_dict (or .safetensors)"
         ) from e
     except Exception as e:  # corrupt or foreign file: torch raises many types here
-        raise ModelError(f"checkpoint {path} cannot be read as a torch checkpoint: {one_line(e)}") from e
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive, or a pickle (legacy)
+            raise ModelError(f"checkpoint {path} is not a file torch.save wrote (it begins {head!r})") from e
+        raise ModelError(
+            f"checkpoint {path} cannot be read as a torch checkpoint ({type(e).__name__}: {one_line(e)})"
+        ) from e
 
 
 def _unpickler_reason(error: pickle.UnpicklingError) -> str:
