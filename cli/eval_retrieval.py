@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from embedstore.analysis.retrieval import DEFAULT_KS
 from embedstore.evaluate.indexes import IndexRequest, index_kind_of
@@ -32,6 +33,13 @@ def retrieval_command(store_path, models, datasets, ks, kind, use_saved, nlist, 
     metrics: a query is a hit when any of its positives is in its top K. No encoder is loaded."""
     tuning = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search,
               "ef_construction": ef_construction}  # fmt: skip
+    if kind is None:  # exact search is a numpy product over the cached rows: nothing to seed or place
+        context = click.get_current_context()
+        given = [
+            name for name in ("seed", "device") if context.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(f"--{given[0]} needs --index (exact search without an index uses neither)")
     misplaced = [name for name, value in tuning.items() if value is not None and index_kind_of(name) != kind]
     if misplaced:
         flag, needed = f"--{misplaced[0].replace('_', '-')}", index_kind_of(misplaced[0])

@@ -286,6 +286,9 @@ def test_cli_prints_a_table_or_json_and_errors_in_one_line(tiny_store):
     assert out.exit_code == 2 and "--nlist needs --index ivf" in out.output
     out = runner.invoke(retrieval_command, [*base, "--index", "ivf", "--hnsw-m", "4"])
     assert out.exit_code == 2 and "Error: --hnsw-m needs --index hnsw, not --index ivf" in out.output
+    for flag, value in (("--seed", "3"), ("--device", "cpu")):  # exact search uses neither: refused, not ignored
+        out = runner.invoke(retrieval_command, [*base, flag, value])
+        assert out.exit_code == 2 and f"Error: {flag} needs --index (exact search without an index" in out.output
     out = runner.invoke(retrieval_command, [*base, "--k", "100"])
     assert out.exit_code == 1 and out.output.startswith("Error: recall@100 needs at least 100 images")
     assert len(out.output.strip().splitlines()) == 1
