@@ -143,33 +143,47 @@ class _CudaModule:
 _REAL_CUDA = torch.cuda
 
 
+def _fake_cuda_events(monkeypatch, record, synchronize) -> None:
+    """torch.cuda with an event API that calls ``record(stream)`` and ``synchronize()``; the current
+    stream of a device is the string "stream of <device>"."""
+
+    class Event:
+        def record(self, stream) -> None:
+            record(stream)
+
+        def synchronize(self) -> None:
+            synchronize()
+
+    class Cuda:
+        def __getattr__(self, name):
+            return getattr(_REAL_CUDA, name)
+
+        @staticmethod
+        def current_stream(device):
+            return f"stream of {device}"
+
+    Cuda.Event = Event
+    monkeypatch.setattr(torch, "cuda", Cuda())
+
+
+def _bare_job(rows_encoded: int = 0):
+    """A `runner._ModelJob` with only its timing counters, as `_EncodedBatch` uses them."""
+    from embedstore.extract import runner
+
+    job = runner._ModelJob.__new__(runner._ModelJob)
+    job.encode_seconds, job.rows_encoded, job.rows_timed, job.warmup = 0.0, rows_encoded, 0, None
+    return job
+
+
 def test_encoded_outputs_on_cuda_are_read_only_after_their_copy_event(monkeypatch):
     """`runner._EncodedBatch`: the host copies of a GPU batch are read only once the event recorded
     after them has completed (here torch.cuda's event API is a recorder; the tensors are CPU ones)."""
     from embedstore.extract import runner
 
     calls: list[str] = []
-
-    class RecordingEvent:
-        def record(self, stream) -> None:
-            calls.append(f"record on {stream}")
-
-        def synchronize(self) -> None:
-            calls.append("synchronize")
-
-    class Cuda:
-        def __getattr__(self, name):
-            return getattr(_REAL_CUDA, name)
-
-        Event = RecordingEvent
-
-        @staticmethod
-        def current_stream(device):
-            return f"stream of {device}"
-
-    monkeypatch.setattr(torch, "cuda", Cuda())
-    job = runner._ModelJob.__new__(runner._ModelJob)
-    job.encode_seconds, job.rows_encoded, job.rows_timed, job.warmup = 0.0, 2, 0, None
+    _fake_cuda_events(monkeypatch, lambda stream: calls.append(f"record on {stream}"),
+                      lambda: calls.append("synchronize"))  # fmt: skip
+    job = _bare_job(rows_encoded=2)
     image, logits = torch.ones(2, 4, dtype=torch.float16), torch.zeros(2, 3)
     encoded = runner._EncodedBatch(job, image, logits, torch.device("cuda", 1))
     assert calls == ["record on stream of cuda:1"]
@@ -186,27 +200,8 @@ def test_a_gpu_models_images_per_s_counts_rows_once_their_compute_was_waited_for
     from embedstore.extract import runner
 
     waits = iter([0.5, 0.1, 0.1, 0.1])  # the first batch's wait holds its warm-up
-
-    class WaitingEvent:
-        def record(self, stream) -> None:
-            pass
-
-        def synchronize(self) -> None:
-            time.sleep(next(waits))
-
-    class Cuda:
-        def __getattr__(self, name):
-            return getattr(_REAL_CUDA, name)
-
-        Event = WaitingEvent
-
-        @staticmethod
-        def current_stream(device):
-            return None
-
-    monkeypatch.setattr(torch, "cuda", Cuda())
-    job = runner._ModelJob.__new__(runner._ModelJob)
-    job.encode_seconds, job.rows_encoded, job.rows_timed, job.warmup = 0.0, 0, 0, None
+    _fake_cuda_events(monkeypatch, lambda stream: None, lambda: time.sleep(next(waits)))
+    job = _bare_job()
 
     def launch() -> runner._EncodedBatch:  # what `_ModelJob.encode` does on a GPU: launch, time later
         job.rows_encoded += 4

@@ -334,9 +334,12 @@ class StoreArray:
 
     def damaged(self, index: int, what: str) -> StoreError:
         """The error for a done chunk that cannot be read back as written."""
+        return self._damaged(f"chunk {index} is marked done but {what} (a copy cut short?)")
+
+    def _damaged(self, problem: str) -> StoreError:
         return StoreError(
-            f"{self.label} is damaged: chunk {index} is marked done but {what} (a copy cut short?); "
-            "`embedstore verify` checks every chunk; remove the array with `embedstore rm` and extract it again"
+            f"{self.label} is damaged: {problem}; `embedstore verify` checks every chunk; remove the array with "
+            "`embedstore rm` and extract it again"
         )
 
     def _direct_codec(self) -> Callable[[bytes, np.ndarray], None] | None | str:
@@ -490,8 +493,7 @@ class StoreArray:
         try:
             return read()
         except (RuntimeError, ValueError, TypeError) as exc:  # a chunk that does not decode
-            raise StoreError(f"{self.label} is damaged: a chunk does not decode ({exc}); `embedstore "
-                             "verify` checks every chunk; remove the array with `embedstore rm` and extract it again") from None  # fmt: skip
+            raise self._damaged(f"a chunk does not decode ({exc})") from None
 
 
 def _read_into(f: Any, buffer: memoryview) -> int:
