@@ -14,7 +14,7 @@ something to find; the numbers themselves mean nothing.
 Each command runs as a user runs it (``embedstore ...`` in a fresh process, start-up included) and
 its wall time is taken (effective robustness needs at least 3 ImageNet classifiers: ``--models``
 >= 12). Run: ``python benchmarks/study_scale.py --models 150`` (``--store DIR`` keeps
-and reuses the store; ``--only zeroshot --only ood`` runs some commands). Writes
+and reuses the store; ``--only 'eval zeroshot' --only 'eval ood'`` runs some commands). Writes
 ``benchmarks/results/study_scale.json`` and prints a table.
 """
 
@@ -218,14 +218,28 @@ def time_command(store: Path, argv: list[str]) -> tuple[float, int, str]:
     return seconds, done.returncode, last[0] if last else ""
 
 
+def _short(name: str) -> str:
+    """A command's name without its parenthesised detail: ``eval probe (5 models)`` -> ``eval probe``."""
+    return name.split(" (")[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=150)
     parser.add_argument("--store", type=Path, default=None, help="Keep the store here (reused when it exists).")
-    parser.add_argument("--only", action="append", default=[], help="Run only these commands (repeatable).")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="Run only this command, named as the table names it without its parenthesis (repeatable).",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="embedstore-study-")
+    known = list(dict.fromkeys(_short(name) for name in commands(Path(scratch.name) / "report", [])))
+    unknown = [name for name in args.only if _short(name) not in known]
+    if unknown:  # checked before a build that takes minutes
+        parser.error(f"--only {unknown[0]!r}: choose from {', '.join(known)}")
     store = args.store or Path(scratch.name) / "store"
     build_seconds = None
     if not Store.exists(store):
@@ -233,12 +247,10 @@ def main() -> None:
         build_seconds = build_store(store, args.models)
     models = [r["model_id"] for r in Store.open(store).query("SELECT model_id FROM models ORDER BY model_id")]
     chosen = commands(Path(scratch.name) / "report", models)
-    unknown = [name for name in args.only if name not in chosen]
-    if unknown:
-        parser.error(f"--only {unknown[0]!r}: choose from {', '.join(chosen)}")
+    only = {_short(name) for name in args.only}
     rows = []
     for name, argv in chosen.items():
-        if args.only and name not in args.only:
+        if only and _short(name) not in only:
             continue
         seconds, code, error = time_command(store, argv)
         rows.append({"command": name, "seconds": round(seconds, 2), "exit_code": code, "error": error or None})

@@ -6,11 +6,11 @@ import click
 from click.core import ParameterSource
 
 from embedstore.analysis.retrieval import DEFAULT_KS
-from embedstore.evaluate.indexes import IndexRequest, index_kind_of
+from embedstore.evaluate.indexes import IndexRequest
 from embedstore.evaluate.retrieval import run_retrieval
 from embedstore.index import INDEX_KINDS
 from embedstore.store import Store
-from embedstore_cli.index_commands import index_parameter_options
+from embedstore_cli.index_commands import index_parameter_options, refuse_misplaced_tuning
 from embedstore_cli.options import datasets_option, json_option, models_option, print_rows, store_option, user_errors
 
 
@@ -40,10 +40,7 @@ def retrieval_command(store_path, models, datasets, ks, kind, use_saved, nlist, 
         ]
         if given:
             raise click.UsageError(f"--{given[0]} needs --index (exact search without an index uses neither)")
-    misplaced = [name for name, value in tuning.items() if value is not None and index_kind_of(name) != kind]
-    if misplaced:
-        flag, needed = f"--{misplaced[0].replace('_', '-')}", index_kind_of(misplaced[0])
-        raise click.UsageError(f"{flag} needs --index {needed}" + ("" if kind is None else f", not --index {kind}"))
+    refuse_misplaced_tuning(tuning, kind, "--index")
     request = None if kind is None else IndexRequest(kind, **tuning, use_saved=use_saved, device=device, seed=seed)
     rows = run_retrieval(Store.open(store_path, readonly=False), models, datasets, ks=ks, index=request)
     columns = ["model", "dataset", "search", *[f"{d}_recall@{k}" for d in ("image_retrieval", "text_retrieval")

@@ -7,7 +7,13 @@ from collections.abc import Callable
 
 import click
 
-from embedstore.evaluate.indexes import IMAGE_ARRAY, IndexRequest, build_saved_index, list_saved_indexes
+from embedstore.evaluate.indexes import (
+    IMAGE_ARRAY,
+    IndexRequest,
+    build_saved_index,
+    index_kind_of,
+    list_saved_indexes,
+)
 from embedstore.index import DEVICES, INDEX_KINDS
 from embedstore.store import Store
 from embedstore_cli.options import json_option, print_json, print_table, store_option, user_errors
@@ -30,6 +36,16 @@ def index_parameter_options(func: Callable) -> Callable:
     return func
 
 
+def refuse_misplaced_tuning(tuning: dict[str, int | None], kind: str | None, kind_flag: str) -> None:
+    """A tuning flag given for another index kind (``--nprobe`` with hnsw) is a usage error naming
+    both flags, e.g. ``--nprobe needs --kind ivf, not --kind hnsw``."""
+    misplaced = [name for name, value in tuning.items() if value is not None and index_kind_of(name) != kind]
+    if misplaced:
+        flag, needed = f"--{misplaced[0].replace('_', '-')}", index_kind_of(misplaced[0])
+        other = "" if kind is None else f", not {kind_flag} {kind}"
+        raise click.UsageError(f"{flag} needs {kind_flag} {needed}{other}")
+
+
 @click.group("index")
 def index_group() -> None:
     """Nearest-neighbour indexes of cached embeddings (cosine), saved beside the store."""
@@ -48,8 +64,10 @@ def build_command(store_path, model, dataset, array, kind, nlist, nprobe, hnsw_m
                   seed, device, as_json) -> None:  # fmt: skip
     """Build an index of an array's decodable rows and save it as
     STORE/indexes/<dataset>/<model>/<array>.<kind>.faiss (+ .json sidecar), replacing one of that kind."""
-    spec = IndexRequest(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search,
-                        ef_construction=ef_construction).spec()  # fmt: skip
+    tuning = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search,
+              "ef_construction": ef_construction}  # fmt: skip
+    refuse_misplaced_tuning(tuning, kind, "--kind")
+    spec = IndexRequest(kind, **tuning).spec()
     saved = build_saved_index(Store.open(store_path), dataset, model, array, spec, device=device, seed=seed)
     if as_json:
         print_json(saved.as_dict())

@@ -286,6 +286,6 @@ def test_cli_neighbors_and_index_commands(planar):
     assert result["search"] == "ivf" and [n["row"] for n in result["neighbors"]] == [1, 2, 3]
     out = runner.invoke(index_group, ["build", *store, "--model", HAND, "--dataset", "planar", "--kind", "hnsw",
                                       "--nprobe", "2"])  # fmt: skip
-    assert out.exit_code == 1 and out.output == "Error: nprobe applies to ivf indexes, not hnsw\n"
+    assert out.exit_code == 2 and out.output.endswith("Error: --nprobe needs --kind ivf, not --kind hnsw\n")
     out = runner.invoke(neighbors_command, [*store, "--model", HAND, "--dataset", "planar", "--row", "9"])
     assert out.exit_code == 1 and out.output == "Error: row 9 is not a row of dataset planar (rows 0..5)\n"
