@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from imported_classifiers import add_classifier
 from scipy import stats
 
-from embedstore.errors import AnalysisError
+from embedstore.errors import AnalysisError, EmbedstoreError
 from embedstore.evaluate.robustness import check_model_filter, run_robustness, select_models_where
+from embedstore.evaluate.zeroshot import run_zeroshot, zeroshot_result
 from embedstore.store import Store
 from embedstore_cli.eval_robustness import robustness_command
 
@@ -117,14 +118,38 @@ def test_same_parameters_replace_rows_and_other_parameters_add_rows(study_store)
 
 
 def test_stored_zeroshot_accuracy_is_used_for_the_same_prompt_set_only(study_store):
-    study_store.put_results("zeroshot", [("acc1", 0.9)], params={"prompt_set": "default"}, model=CLIP,
+    study_store.put_results("zeroshot", [("acc1", 0.9), ("n", 64)], params={"prompt_set": "default"}, model=CLIP,
                             dataset="shapes")  # fmt: skip
-    study_store.put_results("zeroshot", [("acc1", 0.1)], params={"prompt_set": "other"}, model=CLIP,
+    study_store.put_results("zeroshot", [("acc1", 0.1), ("n", 32)], params={"prompt_set": "other"}, model=CLIP,
                             dataset="shapes-v2")  # fmt: skip
     report = run_robustness(study_store, [CLIP], "shapes", ["shapes-v2"], reference=REFERENCE_FILTER)
     (row,) = report.shifts[0].models
     assert row.acc1_id == 0.9 and row.acc1_id_source == "results"
     assert row.acc1_shift_source == "computed" and row.acc1_shift != 0.1
+
+
+def test_a_stored_accuracy_is_not_reused_once_bad_samples_change_the_rows(study_store):
+    run_zeroshot(study_store, [CLIP], ["shapes", "shapes-v2"])
+    study_store.record_bad_samples("shapes-v2", [(row, None, "truncated") for row in range(4)])
+    report = run_robustness(study_store, [CLIP], "shapes", ["shapes-v2"], reference=REFERENCE_FILTER)
+    (row,) = report.shifts[0].models
+    assert row.acc1_id_source == "results"  # shapes still has the 64 rows its stored run scored
+    assert row.acc1_shift_source == "computed"  # the stored run scored 32 rows; 28 are usable now
+    assert row.acc1_shift == zeroshot_result(study_store, CLIP, "shapes-v2").acc1
+
+
+def test_a_glob_skips_shifted_sets_without_the_prompt_set_and_a_named_one_fails(study_store):
+    for dataset in ("shapes", "shapes-v2"):
+        study_store.add_prompt_set(dataset, "two", study_store.templates(dataset)[:2])
+    report = run_robustness(study_store, ["import:*", CLIP], "shapes", ["shapes-[vs]*"], reference=REFERENCE_FILTER,
+                            prompt_set="two")  # fmt: skip
+    assert [shift.shifted for shift in report.shifts] == ["shapes-v2"]
+    assert report.skipped_datasets == {
+        "shapes-sketch": "prompt set 'two' is not defined for it (the CLIP models are scored with it)"
+    }
+    with pytest.raises(EmbedstoreError, match="prompt set 'two' is not defined for dataset shapes-sketch"):
+        run_robustness(study_store, ["import:*", CLIP], "shapes", ["shapes-sketch"], reference=REFERENCE_FILTER,
+                       prompt_set="two")  # fmt: skip
 
 
 def test_accuracies_of_zero_and_one_are_clipped_inside_the_transform(study_store, tmp_path):

@@ -89,7 +89,14 @@ def test_classifier_with_a_class_subset_is_scored_on_sliced_logits(tmp_path):
 
     class Sample:
         def __init__(self, row):
-            self.row, self.key, self.label, self.locator, self.captions, self.annotations = row, f"k{row}", int(labels[row]), None, (), {}
+            self.row, self.key, self.label, self.locator, self.captions, self.annotations = (
+                row,
+                f"k{row}",
+                int(labels[row]),
+                None,
+                (),
+                {},
+            )
 
     class Subset:
         name, kind, spec, root, task, templates = "sub", "imported", "test", None, "classification", ["{c}"]
@@ -104,6 +111,16 @@ def test_classifier_with_a_class_subset_is_scored_on_sliced_logits(tmp_path):
     store.register_model({"model_id": "clf", "kind": "classifier", "fingerprint": "f"})
     import_array(store, "sub", "clf", "logits", tmp_path / "l.npy", keys_file=tmp_path / "k.txt")
     assert run_zeroshot(store, ["clf"], ["sub"])[0].result.acc1 == 1.0
+
+
+def test_a_glob_skips_clip_models_on_datasets_without_the_prompt_set(tiny_store):
+    tiny_store.add_prompt_set("shapes-v2", "two", tiny_store.templates("shapes-v2")[:2])
+    rows = run_zeroshot(tiny_store, ["openclip:*"], ["shapes-[vs]*"], prompt_set="two")
+    assert {(r.dataset, r.prompt_set) for r in rows} == {("shapes-v2", "two")} and len(rows) == 2
+    with pytest.raises(EmbedstoreError, match="prompt set 'two' is not defined for dataset shapes-sketch"):
+        run_zeroshot(tiny_store, ["openclip:*"], ["shapes-v2", "shapes-sketch"], prompt_set="two")
+    with pytest.raises(EmbedstoreError, match=r"can be scored \(shapes-sketch: prompt set 'two' is not defined"):
+        run_zeroshot(tiny_store, ["openclip:*"], ["shapes-s*"], prompt_set="two")
 
 
 def test_a_random_init_model_is_found_by_the_id_it_was_extracted_with(tiny_store):
@@ -153,7 +170,9 @@ def test_prompts_add_encodes_text_only_and_new_sets_evaluate(tiny_store, monkeyp
     from embedstore.models.openclip_adapter import OpenClipAdapter
 
     monkeypatch.setattr(OpenClipAdapter, "encode_image", lambda *a, **k: pytest.fail("an image was encoded"))
-    added = add_templates(tiny_store, "shapes", "sketches", ["a sketch of a {c}.", "a photo of a {c}."], models=["openclip:*"])
+    added = add_templates(
+        tiny_store, "shapes", "sketches", ["a sketch of a {c}.", "a photo of a {c}."], models=["openclip:*"]
+    )
     assert added.new_templates == ["a sketch of a {c}."] and len(added.encoded_for) == 2
     text_after = tiny_store.read_array("shapes", CLIP, "text_emb")
     assert text_after.shape[1] == text_before.shape[1] + 1
@@ -190,7 +209,9 @@ def test_cli_zeroshot_and_prompts(tiny_store):
     env = {"EMBEDSTORE_STORE": str(tiny_store.path)}
     out = runner.invoke(cli, ["eval", "zeroshot", "--model", "openclip:*", "--dataset", "shapes*", "--json"], env=env)
     assert out.exit_code == 0, out.output
-    assert len(json.loads(out.output)) == 2 * 5  # 2 CLIP models x 5 labelled datasets (captions: no classes, ood: no labels)
+    assert (
+        len(json.loads(out.output)) == 2 * 5
+    )  # 2 CLIP models x 5 labelled datasets (captions: no classes, ood: no labels)
     out = runner.invoke(cli, ["prompts", "list", "--dataset", "shapes"], env=env)
     assert out.exit_code == 0 and "default (" in out.output
     out = runner.invoke(cli, ["eval", "zeroshot", "--model", "nope", "--dataset", "shapes"], env=env)

@@ -48,6 +48,7 @@ from embedstore.evaluate.common import (
     EvalData,
     eval_data,
     has_labelled_classes,
+    head_fits,
     named_explicitly,
     resolve_datasets,
     resolve_models,
@@ -225,11 +226,7 @@ def _plan(
 def _fits_head(store: Store, model: str, dataset: str, named: bool) -> bool:
     """True for CLIP models; for a classifier, whether its head covers the dataset's classes.
     A classifier named exactly is kept so that ``eval_data`` reports the mismatch."""
-    if named or store.model_info(model)["kind"] == "clip":
-        return True
-    info = store.dataset_info(dataset)
-    heads = store.list_arrays(dataset, model, "logits")
-    return bool(heads) and (info["class_subset"] is not None or heads[0].shape[1] == len(info["classnames"]))
+    return named or head_fits(store, model, dataset)
 
 
 def _calibrate_model(

@@ -80,12 +80,40 @@ def model_kind(store: Store, model: str) -> str:
 def head_fits(store: Store, model: str, dataset: str) -> bool:
     """Whether the model's predictions can be scored on the dataset's classes: always for CLIP models
     (zero-shot over the dataset's class names), else when cached logits exist and either match the
-    number of classes or the dataset declares a class subset to slice them to."""
+    number of classes or hold every column of the dataset's class subset (`head_mismatch`)."""
     if model_kind(store, model) == "clip":
         return True
+    arrays = store.list_arrays(dataset, model, "logits")
+    return bool(arrays) and head_mismatch(arrays[0].shape[-1], store.dataset_info(dataset)) is None
+
+
+def head_mismatch(outputs: int, dataset_info: dict[str, Any]) -> str | None:
+    """Why a classifier head of ``outputs`` logits cannot be scored on a dataset, or None when it can:
+    a dataset with a ``class_subset`` slices the head to those columns, so each must be below
+    ``outputs``; one without must have exactly as many classes as the head has outputs."""
+    subset, n_classes = dataset_info["class_subset"], len(dataset_info["classnames"])
+    if subset is not None:
+        if max(subset) < outputs:
+            return None
+        return f"has {outputs} outputs but dataset {dataset_info['name']}'s class subset names column {max(subset)}"
+    if outputs == n_classes:
+        return None
+    return (
+        f"has {outputs} outputs but dataset {dataset_info['name']} has {n_classes} classes and declares no class subset"
+    )
+
+
+def classifier_logits(store: Store, model: str, dataset: str, rows: np.ndarray) -> np.ndarray:
+    """A classifier's cached head logits on ``rows``, in the dataset's class space: sliced to its class
+    subset when it declares one. A head that does not cover the classes is an error naming the model."""
     info = store.dataset_info(dataset)
     arrays = store.list_arrays(dataset, model, "logits")
-    return bool(arrays) and (info["class_subset"] is not None or arrays[0].shape[-1] == len(info["classnames"]))
+    if arrays:
+        problem = head_mismatch(arrays[0].shape[-1], info)
+        if problem is not None:
+            raise AnalysisError(f"classifier {model} {problem}: its head cannot be scored on this dataset")
+    logits = read_finite(store, dataset, model, "logits", rows)  # a missing array is named here
+    return logits if info["class_subset"] is None else logits[:, info["class_subset"]]
 
 
 @dataclass(frozen=True)
@@ -228,14 +256,7 @@ def _eval_data(store: Store, model: str, dataset: str, prompt_set: str | None) -
     if model_kind(store, model) == "clip":
         logits, cosines = clip_scores(store, model, dataset, prompt_set, rows)
         return EvalData(model, dataset, rows, labels, logits, cosines, "zero-shot", prompt_set or "default", subset)
-    logits = read_finite(store, dataset, model, "logits", rows).astype(np.float32)
-    if subset is not None:
-        logits = logits[:, subset]
-    elif logits.shape[1] != len(info["classnames"]):
-        raise AnalysisError(
-            f"model {model} has {logits.shape[1]} outputs but dataset {dataset} has {len(info['classnames'])} classes "
-            f"and declares no class subset"
-        )
+    logits = classifier_logits(store, model, dataset, rows).astype(np.float32)
     return EvalData(model, dataset, rows, labels, logits, None, "classifier head", None, subset)
 
 

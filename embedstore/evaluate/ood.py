@@ -338,6 +338,12 @@ def _check_arrays(
         if len(set(widths.values())) > 1:
             listing = ", ".join(f"{d}: {w}" for d, w in widths.items())
             raise AnalysisError(f"{name} of model {model} has different widths across datasets ({listing})")
+        subset = store.dataset_info(id_name)["class_subset"] if name == "logits" else None
+        if subset is not None and max(subset) >= widths[id_name]:
+            raise AnalysisError(
+                f"logits of model {model} have {widths[id_name]} outputs but ID dataset {id_name}'s class subset "
+                f"names column {max(subset)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ Where the numbers come from (recorded with every result):
 
 - Accuracy is top-1 (acc1) on the dataset's usable labelled rows. It is read from the catalog when a
   ``results`` row of analysis ``zeroshot``, metric ``acc1`` exists for the same model and dataset
-  (for CLIP models: with ``params.prompt_set`` equal to the prompt set asked for; the most recent
-  row wins); otherwise it is computed now from the cached arrays with
+  (for CLIP models: with ``params.prompt_set`` equal to the prompt set asked for and its current
+  templates) whose run scored as many rows (``n``) as the dataset has usable rows now (bad samples
+  recorded since change them); the most recent such row wins. Otherwise it is computed now from the cached arrays with
   `embedstore.evaluate.common.eval_data` (CLIP: zero-shot under the prompt set; classifiers and
   imported models: head logits). Each model's per-dataset rows say which (``acc1_id_source``,
   ``acc1_shift_source``: ``results`` or ``computed``).
@@ -68,6 +69,7 @@ from embedstore.evaluate.common import (
     resolve_datasets,
     resolve_models,
     stores_results_together,
+    usable_rows,
 )
 from embedstore.store import Store
 
@@ -159,28 +161,39 @@ def stored_zeroshot_acc1(store: Store, model: str, dataset: str, prompt_set: str
     ``templates``, the set's current templates (a redefined set does not reuse old numbers); a
     classifier's row is one without a prompt set, as `embedstore.evaluate.zeroshot` writes them."""
     clip = model_kind(store, model) == "clip"
+    if clip and prompt_set not in store.prompt_sets(dataset):
+        return None
     wanted_set = prompt_set if clip else None
     wanted_templates = store.prompt_set(dataset, prompt_set) if clip else None
+    usable = len(usable_rows(store, dataset))
     for row in _zeroshot_acc1_rows(store, model, dataset):
         params = json.loads(row["params"]) if isinstance(row["params"], str) else (row["params"] or {})
-        if params.get("prompt_set") == wanted_set and params.get("templates", wanted_templates) == wanted_templates:
+        same_rows = row["n"] == usable  # bad samples recorded since the row was written change the rows
+        if (
+            same_rows
+            and params.get("prompt_set") == wanted_set
+            and params.get("templates", wanted_templates) == wanted_templates
+        ):
             return float(row["value"])
     return None
 
 
 def _zeroshot_acc1_rows(store: Store, model: str, dataset: str) -> list[dict]:
-    """The stored ``zeroshot``/``acc1`` rows (value, params) of (model, dataset), newest first. Inside
-    a catalog snapshot all pairs' rows are read in one query and kept (a study asks for thousands)."""
+    """The stored ``zeroshot``/``acc1`` rows (value, params, and ``n``: the rows that run scored) of
+    (model, dataset), newest first. Inside a catalog snapshot all pairs' rows are read in one query
+    and kept (a study asks for thousands)."""
     sql = (
-        "SELECT model, dataset, value, params FROM results WHERE analysis = 'zeroshot' AND metric = 'acc1' "
-        "AND value IS NOT NULL"
+        "SELECT a.model, a.dataset, a.value, a.params, n.value AS n FROM results a LEFT JOIN results n "
+        "ON n.analysis = 'zeroshot' AND n.metric = 'n' AND n.model = a.model AND n.dataset = a.dataset "
+        "AND n.params_hash = a.params_hash AND n.created = a.created "
+        "WHERE a.analysis = 'zeroshot' AND a.metric = 'acc1' AND a.value IS NOT NULL"
     )
     if not store.catalog.remembering:
-        return store.query(sql + " AND model = ? AND dataset = ? ORDER BY created DESC", [model, dataset])
+        return store.query(sql + " AND a.model = ? AND a.dataset = ? ORDER BY a.created DESC", [model, dataset])
 
     def by_pair() -> dict[tuple[str, str], list[dict]]:
         pairs: dict[tuple[str, str], list[dict]] = {}
-        for row in store.query(sql + " ORDER BY created DESC"):
+        for row in store.query(sql + " ORDER BY a.created DESC"):
             pairs.setdefault((row["model"], row["dataset"]), []).append(row)
         return pairs
 
@@ -214,13 +227,17 @@ class AccuracyTable:
         return np.array([self.get(model, dataset).value for model in models], dtype=np.float64)
 
     def available(self, model: str, datasets: Sequence[str]) -> bool:
-        """Whether acc1 can be had on every dataset: stored, or computable (`head_fits`)."""
+        """Whether acc1 can be had on every dataset: stored, or computable (`head_fits`; a CLIP model
+        needs the prompt set defined on the dataset)."""
         return all(
             (model, dataset) in self._cache
             or stored_zeroshot_acc1(self.store, model, dataset, self.prompt_set) is not None
-            or head_fits(self.store, model, dataset)
+            or (head_fits(self.store, model, dataset) and self._prompts_defined(model, dataset))
             for dataset in datasets
         )
+
+    def _prompts_defined(self, model: str, dataset: str) -> bool:
+        return model_kind(self.store, model) != "clip" or self.prompt_set in self.store.prompt_sets(dataset)
 
 
 # -- the runner ------------------------------------------------------------------------------------------
@@ -344,7 +361,8 @@ def run_robustness(
         has_labelled_classes(store, id_dataset, named=True, needed_for="effective robustness")
         accuracies = AccuracyTable(store, prompt_set)
         skipped_datasets: dict[str, str] = {}
-        shifted_names = _shifted_datasets(store, id_dataset, shifted, skipped_datasets,
+        clip_prompts = prompt_set if any(model_kind(store, m) == "clip" for m in selected) else None
+        shifted_names = _shifted_datasets(store, id_dataset, shifted, skipped_datasets, clip_prompts,
                                           lambda d: any(accuracies.available(m, [d]) for m in selected))  # fmt: skip
         skipped: dict[str, str] = {}
         datasets = [id_dataset, *shifted_names]
@@ -372,11 +390,17 @@ def run_robustness(
 
 
 def _shifted_datasets(
-    store: Store, id_dataset: str, patterns: Sequence[str], skipped: dict[str, str], scorable: Callable[[str], bool]
+    store: Store,
+    id_dataset: str,
+    patterns: Sequence[str],
+    skipped: dict[str, str],
+    clip_prompts: str | None,
+    scorable: Callable[[str], bool],
 ) -> list[str]:
     """The ``--shifted`` datasets. One that cannot be a shift (the ID dataset; no labelled classes, as a
-    caption or OOD set) is an error when named exactly; one a glob matched is skipped, with the reason,
-    also when no selected model has an accuracy on it (``scorable``)."""
+    caption or OOD set; without the prompt set ``clip_prompts`` that the selected CLIP models are
+    scored with) is an error when named exactly; one a glob matched is skipped, with the reason, also
+    when no selected model has an accuracy on it (``scorable``)."""
     chosen = []
     for name in resolve_datasets(store, patterns):
         named = named_explicitly(name, patterns)
@@ -386,6 +410,10 @@ def _shifted_datasets(
             skipped[name] = "the in-distribution dataset (--id)"
         elif not has_labelled_classes(store, name, named=named, needed_for="effective robustness", skipped=skipped):
             continue
+        elif clip_prompts is not None and clip_prompts not in store.prompt_sets(name):
+            if named:
+                store.prompt_set(name, clip_prompts)  # the store's error, naming the sets it has
+            skipped[name] = f"prompt set {clip_prompts!r} is not defined for it (the CLIP models are scored with it)"
         elif named or scorable(name):
             chosen.append(name)
         else:

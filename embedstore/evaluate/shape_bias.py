@@ -46,6 +46,7 @@ from embedstore.analysis.shape_bias import (
 )
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
+    classifier_logits,
     clip_scores,
     head_fits,
     model_kind,
@@ -202,11 +203,11 @@ def model_decisions(
             f"model {model} has {outputs} on dataset {dataset}: neither its {len(classnames)} classes nor 1000 "
             f"ImageNet classes to map to the 16 cue-conflict categories"
         )
-    logits = read_finite(store, dataset, model, "logits", rows).astype(np.float64)
     if route == ROUTE_HEAD:
-        if info["class_subset"] is not None:
-            logits = logits[:, info["class_subset"]]
-        return ModelDecisions(classnames[category_decisions(logits)], route, None)
+        return ModelDecisions(
+            classnames[category_decisions(classifier_logits(store, model, dataset, rows))], route, None
+        )
+    logits = read_finite(store, dataset, model, "logits", rows).astype(np.float64)
     probabilities = imagenet_probabilities_to_16(special.softmax(logits, axis=1), HUMAN_CATEGORIES)
     return ModelDecisions(np.asarray(HUMAN_CATEGORIES, dtype=object)[category_decisions(probabilities)], route, None)
 

@@ -20,12 +20,14 @@ from embedstore.analysis.zeroshot import ZeroShotResult, evaluate_logits, evalua
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
     check_templates_encoded,
+    classifier_logits,
     has_labelled_classes,
     head_fits,
     labels_of,
     model_kind,
     named_explicitly,
     prompt_indices,
+    read_finite,
     resolve_datasets,
     resolve_models,
     stores_results_together,
@@ -53,22 +55,15 @@ class ZeroShotRow:
 def zeroshot_result(store: Store, model: str, dataset: str, templates: Sequence[int] | None = None) -> ZeroShotResult:
     """Metrics of one model on one dataset's usable rows (``templates``: indices, default = the
     ``default`` prompt set; ignored for classifiers)."""
-    info = store.dataset_info(dataset)
     rows = usable_rows(store, dataset)
     labels = labels_of(store, dataset)[rows]
     if model_kind(store, model) == "clip":
-        image = store.read_array(dataset, model, "image_emb", rows=rows)
-        text = store.read_array(dataset, model, "text_emb")
+        image = read_finite(store, dataset, model, "image_emb", rows)  # a NaN is named by its dataset row
+        text = read_finite(store, dataset, model, "text_emb")
         indices = list(templates) if templates is not None else prompt_indices(store, dataset, "default")
         check_templates_encoded(text, indices, model, dataset)
         return evaluate_zeroshot(image, text, labels, template_indices=indices)
-    logits = store.read_array(dataset, model, "logits", rows=rows)
-    if info["class_subset"] is None and logits.shape[1] != len(info["classnames"]):
-        raise AnalysisError(
-            f"classifier {model} has {logits.shape[1]} outputs but dataset {dataset} has {len(info['classnames'])} "
-            f"classes and declares no class subset: its head cannot be scored on this dataset"
-        )
-    return evaluate_logits(logits, labels, class_subset=info["class_subset"])
+    return evaluate_logits(classifier_logits(store, model, dataset, rows), labels)
 
 
 @stores_results_together
@@ -86,7 +81,9 @@ def run_zeroshot(
     CLIP models are scored under ``prompt_set`` (None: ``default``) or explicit template indices
     (``templates``, given instead of a prompt set). Either one given when no CLIP model is selected
     is an error, as is an unknown prompt set or template index. Pairs whose arrays do not exist are
-    errors naming the missing array."""
+    errors naming the missing array. What a glob matched that cannot be scored is skipped: a dataset
+    without classes or labelled rows, CLIP models on a dataset without the prompt set, a classifier
+    whose head does not fit; a run that scores nothing is an error giving each reason."""
     if prompt_set is not None and templates is not None:
         raise AnalysisError("give --prompts or --templates, not both")
     selected = resolve_models(store, models)
@@ -96,14 +93,28 @@ def run_zeroshot(
         raise AnalysisError(f"{option} chooses the prompts of CLIP models, and none is selected (classifiers are "
                             "scored on their head logits)")  # fmt: skip
     rows = []
+    skipped: dict[str, str] = {}
     for dataset in resolve_datasets(store, datasets):
-        if not has_labelled_classes(store, dataset, named=named_explicitly(dataset, datasets),
-                                    needed_for="zero-shot classification"):  # fmt: skip
+        named_dataset = named_explicitly(dataset, datasets)
+        if not has_labelled_classes(store, dataset, named=named_dataset, needed_for="zero-shot classification",
+                                    skipped=skipped):  # fmt: skip
             continue
-        clip_indices = _clip_templates(store, dataset, prompt_set, templates) if clip_models else None
+        clip_indices = None
+        if (
+            clip_models
+            and templates is None
+            and not named_dataset
+            and prompt_set not in (None, *store.prompt_sets(dataset))
+        ):
+            skipped[dataset] = f"prompt set {prompt_set!r} is not defined for it (CLIP models not scored there)"
+        elif clip_models:
+            clip_indices = _clip_templates(store, dataset, prompt_set, templates)
         for model in selected:
             clip = model in clip_models
+            if clip and clip_indices is None:
+                continue
             if not clip and not named_explicitly(model, models) and not head_fits(store, model, dataset):
+                skipped.setdefault(model, f"its head does not fit {dataset}'s classes")
                 continue
             indices = clip_indices if clip else None
             result = zeroshot_result(store, model, dataset, indices)
@@ -122,6 +133,9 @@ def run_zeroshot(
                 ]
             store.put_results("zeroshot", metrics, params=params, model=model, dataset=dataset)
             rows.append(ZeroShotRow(model, dataset, label, result))
+    if not rows:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise AnalysisError(f"no model and dataset selected can be scored ({reasons})")
     return rows
 
 
