@@ -315,7 +315,9 @@ def test_style_keeps_known_group_colours_and_gives_each_source_a_marker():
 def test_a_given_style_keeps_every_figures_markers_alike_and_legends_what_is_drawn():
     wit = tuple(p for p in _points(n_per_group=5) if p.train_data != "LAION-2B")
     panel = ScatterPanel("AUROC", "ID accuracy (%)", "AUROC (%)", wit)
-    report_style = figures.ModelStyle.for_models([p.group for p in _points()], ["LAION-2B", *(p.train_data for p in wit)])
+    report_style = figures.ModelStyle.for_models(
+        [p.group for p in _points()], ["LAION-2B", *(p.train_data for p in wit)]
+    )
 
     def legend_markers(figure):
         sources = figure.legends[1]
@@ -403,6 +405,61 @@ def test_accuracy_falls_back_to_the_robustness_rows(tiny_store):
     assert data.id_dataset == "shapes" and "robustness" in data.id_dataset_reason
     assert report_data.accuracies(data, "shapes")["timm:test_vit@random:0"].value == 0.7
     assert report_data.accuracies(data, "shapes-v2")["timm:test_vit@random:0"].value == 0.5
+
+
+def test_the_most_recent_robustness_accuracy_wins_whichever_shift_recorded_it(tiny_store):
+    model, first = "timm:test_vit@random:0", {"id_dataset": "shapes", "regressor": "huber"}
+    for shift in ("shapes-v2", "shapes-sketch"):
+        tiny_store.put_results("robustness", [("acc1_id", 0.5)], params=first, model=model, dataset=shift)
+    tiny_store.put_results("robustness", [("acc1_id", 0.6)], params={**first, "regressor": "ols"}, model=model,
+                           dataset="shapes-v2")  # fmt: skip
+    assert report_data.accuracies(ReportData.load(tiny_store), "shapes")[model].value == 0.6
+
+
+def test_the_id_dataset_is_the_one_most_models_have_and_split_calibration_names_none(tiny_store):
+    clip, other, timm = TINY_MODELS
+    zs = zeroshot_params("clip")
+    for model in (clip, other):
+        for dataset in ("shapes", "shapes-v2"):
+            tiny_store.put_results("zeroshot", [("acc1", 0.5)], params=zs, model=model, dataset=dataset)
+    split = {**zs, "fit_dataset": "shapes-v2", "fit_split": 0.5, "seed": 0}  # fitted on the evaluated set
+    for seed in range(3):  # reruns and bins multiply rows, not models
+        tiny_store.put_results("calibration", [(f"reliability_count@bin:{b}", 1.0) for b in range(15)],
+                               params={**split, "seed": seed}, model=clip, dataset="shapes-v2")  # fmt: skip
+    data = ReportData.load(tiny_store)
+    assert data.id_dataset == "shapes" and data.id_dataset_reason.startswith("the dataset with zero-shot accuracy")
+    tiny_store.put_results("calibration", [("ece", 0.1)], params={**zs, "fit_dataset": "shapes-sketch"}, model=clip,
+                           dataset="shapes-v2")  # fmt: skip
+    assert ReportData.load(tiny_store).id_dataset == "shapes-sketch"  # a --calibrate-on run names its ID set
+    ood = {**zs, "score": "msp", "positive": "id", "ood_datasets": ["shapes-ood"]}
+    for rerun in range(4):
+        tiny_store.put_results("ood", [("auroc", 0.6)], params={**ood, "k": rerun}, model=clip, dataset="shapes-v2")
+    for model in (other, timm):
+        tiny_store.put_results("ood", [("auroc", 0.7)], params=ood, model=model, dataset="shapes")
+    assert ReportData.load(tiny_store).id_dataset == "shapes"  # two models against one model's four runs
+
+
+def test_the_ood_figure_averages_over_one_list_of_ood_sets_and_follows_the_id_dataset(tiny_store):
+    clip, other, timm = TINY_MODELS
+    zs = zeroshot_params("clip")
+    for model in (clip, other, timm):
+        for dataset in ("shapes", "shapes-v2"):
+            tiny_store.put_results("zeroshot", [("acc1", 0.5)], params=zs, model=model, dataset=dataset)
+    ood = {**zs, "score": "msp", "positive": "id", "ood_datasets": ["shapes-ood"]}
+    for model in (other, timm):
+        tiny_store.put_results("ood", [("auroc", 0.7), ("fpr95", 0.4)], params=ood, model=model, dataset="shapes")
+    wider = {**ood, "ood_datasets": ["shapes-ood", "shapes-sketch"]}
+    tiny_store.put_results("ood", [("auroc", 0.3), ("fpr95", 0.9)], params=wider, model=clip, dataset="shapes")
+    sourced = report_data.ood_data(ReportData.load(tiny_store))
+    assert [sorted(p.model for p in panel.points) for panel in sourced.data] == [sorted([other, timm])] * 2
+    assert sourced.data[0].title == "AUROC of msp, mean over shapes-ood"
+    assert any(note.startswith("1 model(s) whose latest runs averaged over other OOD sets") and clip in note
+               for note in sourced.notes)  # fmt: skip
+    tiny_store.put_results("ood", [("auroc", 0.8), ("fpr95", 0.2)], params=ood, model=clip, dataset="shapes-v2")
+    chosen = report_data.ood_data(ReportData.load(tiny_store, ReportSelection(id_dataset="shapes-v2")))
+    assert chosen.subject == "ID shapes-v2, score msp" and [p.model for p in chosen.data[0].points] == [clip]
+    with pytest.raises(MissingData, match="no msp ood results with ID dataset shapes-sketch"):
+        report_data.ood_data(ReportData.load(tiny_store, ReportSelection(id_dataset="shapes-sketch")))
 
 
 def test_ood_data_picks_the_most_evaluated_score_or_the_chosen_one(study_store):

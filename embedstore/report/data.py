@@ -16,8 +16,11 @@ Reading rules (stated in the report too):
   is used. Values are fractions in [0, 1].
 - The ID (reference) dataset is ``--id-dataset`` or, in this order, the ``params.id_dataset`` of
   ``robustness`` results, the ``dataset`` of ``ood`` results (their ID set), the
-  ``params.fit_dataset`` of ``calibration`` results, or the classification dataset with zero-shot
-  accuracy for the most models (then the most samples).
+  ``params.fit_dataset`` of ``calibration`` runs fitted on another dataset (``--calibrate-on``), each
+  the value held by the most models, or the classification dataset with zero-shot accuracy for the
+  most models (then the most samples).
+- The OOD figure shows one score and one list of OOD sets (``params.ood_datasets``): those of the
+  most models; models whose runs averaged over other sets are left out, with a note.
 - Shifted datasets are the other classification datasets with accuracies, less those used as OOD
   sets, cue-conflict sets (``shape_bias``) and ImageNet-X sets (``factors``).
 - Model group and training data come from the ``models`` table (``group_label``, ``train_data``);
@@ -310,10 +313,10 @@ def choose_id_dataset(
     candidates: tuple[tuple[str, Callable[[StoredResult], Any], str], ...] = (
         ("robustness", lambda r: r.params.get("id_dataset"), "params.id_dataset of the robustness results"),
         ("ood", lambda r: r.dataset, "the ID dataset of the ood results"),
-        ("calibration", lambda r: r.params.get("fit_dataset"), "params.fit_dataset of the calibration results"),
+        ("calibration", _calibrated_on, "params.fit_dataset of the calibration results (--calibrate-on)"),
     )
     for analysis, pick, reason in candidates:
-        counts = Counter(pick(r) for r in results if r.analysis == analysis and pick(r) in datasets)
+        counts = _models_per_value(r for r in results if r.analysis == analysis and pick(r) in datasets)(pick)
         if counts:
             return _most_common(counts), reason
     counts = Counter(
@@ -323,6 +326,20 @@ def choose_id_dataset(
         best = max(counts, key=lambda d: (counts[d], datasets[d]["n_samples"], d))
         return best, "the dataset with zero-shot accuracy for the most models"
     return None, "no robustness, ood, calibration or zeroshot results name one"
+
+
+def _calibrated_on(row: StoredResult) -> str | None:
+    """The dataset a calibration run fitted its temperature on when that is not the evaluated dataset
+    (``--calibrate-on``); a split run fits on the evaluated dataset itself, which says nothing of ID."""
+    fitted = row.params.get("fit_dataset")
+    return fitted if fitted != row.dataset else None
+
+
+def _models_per_value(rows: Iterable[StoredResult]) -> Callable[[Callable[[StoredResult], Any]], Counter]:
+    """``pick -> Counter({value: number of models whose rows have it})``: models count once however
+    many metrics, bins or reruns they stored."""
+    kept = [r for r in rows if r.model is not None]
+    return lambda pick: Counter(value for value, _ in {(_hashable(pick(r)), r.model) for r in kept})
 
 
 def _most_common(counts: Counter) -> Any:
@@ -368,12 +385,14 @@ def accuracies(data: ReportData, dataset: str) -> dict[str, StoredResult]:
     """``{model: row}`` of top-1 accuracy on ``dataset`` by the rule in the module doc."""
     found: dict[str, StoredResult] = {}
     where = prompt_filter(data)
-    for (model, _, _), row in data.latest("robustness", ROBUSTNESS_ACC1_ID, where).items():
-        if model is not None and row.params.get("id_dataset") == dataset:
-            found[model] = row
-    for (model, ds, _), row in data.latest("robustness", ROBUSTNESS_ACC1_SHIFT, where).items():
-        if model is not None and ds == dataset:
-            found[model] = row
+    recorded = [
+        row
+        for metric in (ROBUSTNESS_ACC1_ID, ROBUSTNESS_ACC1_SHIFT)
+        for (model, ds, _), row in data.latest("robustness", metric, where).items()
+        if model is not None and (row.params.get("id_dataset") if metric == ROBUSTNESS_ACC1_ID else ds) == dataset
+    ]
+    for row in sorted(recorded, key=lambda r: r.created):  # the most recent of a model's rows wins
+        found[row.model] = row  # type: ignore[index]
     for (model, ds, _), row in data.latest("zeroshot", ACC1, where).items():
         if model is not None and ds == dataset:
             found[model] = row  # zero-shot rows take precedence
@@ -542,7 +561,12 @@ def ood_data(data: ReportData) -> Sourced:
     scored = [r for r in candidates if r.params.get("score") == score]
     if not scored:
         raise MissingData(f"OOD detection: no ood results for score {score!r} with positive={positive!r}")
-    id_dataset = _most_common(Counter(r.dataset for r in scored))
+    id_dataset = data.selection.id_dataset or _most_common(_models_per_value(scored)(lambda r: r.dataset))
+    on_id = [r for r in scored if r.dataset == id_dataset]
+    if not on_id:
+        raise MissingData(f"OOD detection: no {score} ood results with ID dataset {id_dataset}")
+    lists = _models_per_value(on_id)(lambda r: r.params.get("ood_datasets"))
+    ood_sets = _most_common(lists)  # means over other lists of OOD sets are not comparable: one list a figure
     reference = accuracies(data, id_dataset)
     labels = {
         "auroc": "AUROC (%)",
@@ -550,7 +574,7 @@ def ood_data(data: ReportData) -> Sourced:
         if positive == "id"
         else "FPR@95 (%): ID flagged at 95% OOD TPR",
     }
-    where = {**prompt_filter(data), "positive": (positive, None), "score": (score,)}
+    where = {**prompt_filter(data), "positive": (positive, None), "score": (score,), "ood_datasets": (ood_sets,)}
     panels, sources = [], []
     for metric in OOD_METRICS:
         rows = {
@@ -568,6 +592,11 @@ def ood_data(data: ReportData) -> Sourced:
             f"OOD detection: no model has both {score} ood results and acc1 on the ID dataset {id_dataset}"
         )
     notes = [f"ID dataset {id_dataset}; score {score}; FPR@95 with positive={positive!r}"]
+    if len(lists) > 1:
+        chosen = {r.model for r in on_id if _hashable(r.params.get("ood_datasets")) == ood_sets}
+        left_out = sorted({str(r.model) for r in on_id} - {str(m) for m in chosen})
+        notes.append(f"{len(left_out)} model(s) whose latest runs averaged over other OOD sets are left out "
+                     f"(a mean over other sets is not comparable): {', '.join(left_out)}")  # fmt: skip
     others = sorted({str(r.params.get("score")) for r in candidates} - {str(score)})
     if others:
         notes.append(f"other scores in the catalog (choose one with --ood-score): {', '.join(others)}")
