@@ -163,6 +163,7 @@ def test_constant_target_gives_nan_r2_and_spearman() -> None:
     [
         ({"acc_x": [0.5, 0.6], "acc_y": [0.4, 0.5]}, "at least 3"),
         ({"acc_x": [0.5, 0.5, 0.5], "acc_y": [0.4, 0.5, 0.6]}, "same accuracy"),
+        ({"acc_x": [0.99995, 0.99998, 1.0], "acc_y": [0.4, 0.5, 0.6]}, "within eps=0.0001 of the same bound"),
         ({"acc_x": [50.0, 60.0, 70.0], "acc_y": [0.4, 0.5, 0.6]}, "percentages"),
         ({"acc_x": [0.5, float("nan"), 0.7], "acc_y": [0.4, 0.5, 0.6]}, "NaN"),
         ({"acc_x": [0.5, 0.6, 0.7], "acc_y": [0.4, 0.5]}, "acc_y: has 2 models"),
@@ -187,7 +188,9 @@ def test_bootstrap_and_groups_reject_bad_input() -> None:
     for level in (0.9, 0.95, 0.99):
         fewest, tail = min_resamples(level), (1 - level) / 2
         ranks = np.arange(fewest)
-        assert np.quantile(ranks, tail, method="lower") > 0 and np.quantile(ranks, 1 - tail, method="higher") < fewest - 1
+        assert (
+            np.quantile(ranks, tail, method="lower") > 0 and np.quantile(ranks, 1 - tail, method="higher") < fewest - 1
+        )
         assert np.quantile(ranks[:-1], tail, method="lower") == 0  # one resample fewer: the extreme line
     with pytest.raises(AnalysisError, match=r"n_boot: a 95% band needs at least 41 resamples .* got 40"):
         bootstrap_trend_band(acc, acc, [0.5], n_boot=40)

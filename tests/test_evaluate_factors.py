@@ -127,6 +127,17 @@ def test_effective_robustness_needs_three_reference_models(factor_store):
         run_factors(factor_store, ["import:*"], DATASET, reference="model_id IN ('import:f-a', 'import:f-b')")
 
 
+def test_selected_models_with_one_accuracy_leave_out_the_line_but_a_reference_must_fit(factor_store, tmp_path):
+    labels = factor_store.sample_table(DATASET)["label"]
+    for model in ("import:same-1", "import:same-2", "import:same-3"):  # right on the same rows: no spread
+        import_predictions(factor_store, tmp_path / "same", model, DATASET, _predictions(labels, 0.5, seed=7))
+    report = run_factors(factor_store, ["import:same-*"], DATASET)
+    assert report.robustness is None and "no line through the selected models" in report.robustness_note
+    assert len(report.tables) == 3  # the factor tables are still written
+    with pytest.raises(AnalysisError, match="every reference model has the same accuracy"):
+        run_factors(factor_store, ["import:same-*"], DATASET, reference="model_id LIKE 'import:same-%'")
+
+
 def test_reference_models_are_fitted_on_but_not_reported(factor_store):
     report = run_factors(factor_store, ["import:f-a"], DATASET, reference="model_id LIKE 'import:f-%'")
     assert list(report.tables) == ["import:f-a"] and report.robustness is not None

@@ -103,7 +103,9 @@ def test_factor_annotations_join_by_file_name_and_drop_prototypes(annotation_dir
     kept = open_dataset(
         "inx", f"imagefolder:{val_folder}", imagenet_x=str(annotation_dir), imagenet_x_prototypes="keep"
     )
-    assert dict(kept.samples[2].annotations) == {"top": "style", "multi": "style"}
+    # kept, but flagged, so that `eval factors` drops them unless --keep-prototypes
+    assert dict(kept.samples[2].annotations) == {"top": "style", "multi": "style", "prototype": "1"}
+    assert "prototype" not in kept.samples[0].annotations
 
 
 def test_factor_matrix_marks_annotated_rows(annotation_dir, val_folder):

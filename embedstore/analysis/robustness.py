@@ -179,6 +179,11 @@ def fit_linear_trend(
     if regressor == "huber":
         _validate_huber_epsilon(huber_epsilon)
     tx = transform_accuracy(x, transform, eps=eps)
+    if np.ptp(tx) == 0.0:
+        raise AnalysisError(
+            f"acc_x: every reference model's accuracy is within eps={eps:g} of the same bound (0 or 1), where "
+            f"the transform clips, so no line can be fitted"
+        )
     ty = transform_accuracy(y, transform, eps=eps)
     a, b = _FIT[regressor](tx, ty, huber_epsilon)
     return LinearTrend(

@@ -235,7 +235,9 @@ def _factor_robustness(
     everyone: list[str],
     tables: dict[str, FactorAccuracyTable],
 ) -> tuple[FactorRobustness | None, str | None]:
-    """Per-factor effective robustness over the reference models, or (None, why) when too few are selected."""
+    """Per-factor effective robustness over the reference models, or (None, why) when there is no
+    ``--reference`` and the selected models cannot make a line (too few, or no spread of accuracy);
+    with a ``--reference`` that cannot, an error."""
     if len(reference_models) < MIN_MODELS_FOR_TREND:
         if settings.reference is not None:
             raise AnalysisError(
@@ -253,7 +255,9 @@ def _factor_robustness(
             settings.regressor, eps=settings.clip_eps,
         )  # fmt: skip
     except AnalysisError as exc:
-        raise AnalysisError(f"per-factor effective robustness on {dataset}: {exc}") from None
+        if settings.reference is not None:
+            raise AnalysisError(f"per-factor effective robustness on {dataset}: {exc}") from None
+        return None, f"per-factor effective robustness left out: no line through the selected models ({exc})"
     return robustness, None
 
 

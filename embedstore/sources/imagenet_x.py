@@ -10,7 +10,8 @@ Samples are joined by file name: the base name of their locator (``ILSVRC2012_va
 Joined samples get the annotations ``top`` (the single most salient factor of the "top" file) and
 ``multi`` (every factor of the "multi" file, comma-joined in `FACTORS` order; may be empty). As in
 imagenetx's ``load_annotations``, the 3,000 prototype images are left unannotated unless
-``imagenet_x_prototypes=keep``.
+``imagenet_x_prototypes=keep``, which annotates them and flags them ``prototype=1``, so that ``eval
+factors`` can still leave them out (its default) or keep them (``--keep-prototypes``).
 """
 
 from __future__ import annotations
@@ -55,18 +56,21 @@ def annotation_folder(source: str) -> Path:
 def load_factor_annotations(
     source: str, split: str = "val", keep_prototypes: bool = False
 ) -> dict[str, dict[str, str]]:
-    """File name -> ``{"top": factor, "multi": "f1,f2,..."}`` for every annotated image of a split."""
+    """File name -> ``{"top": factor, "multi": "f1,f2,..."}`` for every annotated image of a split; the
+    prototype images are left out, or kept with ``"prototype": "1"`` when ``keep_prototypes`` (without a
+    prototype list in the folder, nothing is flagged)."""
     if split not in SPLITS:
         raise DatasetError(f"ImageNet-X split {split!r} is not one of {', '.join(SPLITS)}")
     folder = annotation_folder(source)
     top = _read_factor_file(folder / f"imagenet_x_{split}_top_factor.jsonl")
     multi = _read_factor_file(folder / f"imagenet_x_{split}_multi_factor.jsonl")
-    prototypes = set() if keep_prototypes else _read_prototypes(folder / PROTOTYPES_FILE)
+    listed = folder / PROTOTYPES_FILE
+    prototypes = _read_prototypes(listed) if listed.is_file() or not keep_prototypes else set()  # keep: optional
     annotations: dict[str, dict[str, str]] = {}
     for file_name in top.keys() | multi.keys():
-        if file_name in prototypes:
+        if file_name in prototypes and not keep_prototypes:
             continue
-        entry = {}
+        entry = {"prototype": "1"} if file_name in prototypes else {}
         if file_name in top:
             if len(top[file_name]) != 1:
                 raise DatasetError(
