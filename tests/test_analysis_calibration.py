@@ -316,13 +316,15 @@ def test_report_rejects_inconsistent_row_arguments() -> None:
         temperature_scaling_report(logits, labels, {})
 
 
-def test_report_refuses_a_temperature_that_breaks_a_near_tie() -> None:
+def test_a_temperature_keeps_the_prediction_of_a_near_tie() -> None:
     # Logits one float64 step (2.2e-16) apart: at T = 1 their probabilities differ, at any T > ~4.2 the
-    # difference falls below exp's rounding, the probabilities tie and the argmax moves to class 0.
-    logits = np.array([[1.0, np.nextafter(1.0, 2.0)]])
-    labels = np.array([1])
-    with pytest.raises(AnalysisError, match=r"'tie': T=.* changed accuracy"):
-        temperature_scaling_report(logits, labels, {"tie": (logits, labels)}, bounds=(5.0, 6.0))
+    # difference falls below exp's rounding and the probabilities tie; the prediction stays class 1.
+    logits = np.array([[1.0, np.nextafter(1.0, 2.0)], [0.0, 3.0]])
+    labels = np.array([1, 1])
+    report = temperature_scaling_report(logits, labels, {"tie": (logits, labels)}, bounds=(5.0, 6.0))
+    assert report.before["tie"].acc == report.after["tie"].acc == 1.0
+    assert report.temperature == pytest.approx(5.0, abs=1e-3)  # all right: the sharpest T allowed
+    assert report.after["tie"].ece == pytest.approx(1.0 - np.mean([0.5, softmax([0.0, 3.0 / 5.0])[1]]), abs=1e-4)
 
 
 def test_report_names_the_eval_set_with_bad_logits() -> None:
