@@ -11,6 +11,7 @@ from embedstore.evaluate.common import prompt_option
 from embedstore.store import Store
 from embedstore_cli.options import (
     datasets_option,
+    echo_skipped,
     json_option,
     models_option,
     print_json,
@@ -54,8 +55,10 @@ def calibration_command(store_path: str, models: tuple[str, ...], datasets: tupl
     embedstore eval calibration --model M --calibrate-on imagenet --dataset imagenet-v2 --dataset imagenet-r
     """
     store = Store.open(store_path, readonly=False)
+    skipped: dict[str, str] = {}
     runs = run_calibration(store, models, datasets, calibrate_on=calibrate_on, split=split, seed=seed,
-                           prompt_set=prompt_option(store, models, prompt_set), n_bins=n_bins)  # fmt: skip
+                           prompt_set=prompt_option(store, models, prompt_set), n_bins=n_bins, skipped=skipped)  # fmt: skip
+    echo_skipped(skipped)
     if as_json:
         print_json([{**run.summary(), "params": run.params,
                      "reliability": {"before": _bins(run.reliability_before), "after": _bins(run.reliability_after)}}

@@ -11,7 +11,15 @@ from embedstore.analysis.robustness import REGRESSORS, TRANSFORMS
 from embedstore.evaluate.common import prompt_option
 from embedstore.evaluate.factors import FactorReport, run_factors
 from embedstore.store import Store
-from embedstore_cli.options import json_option, models_option, print_json, print_table, store_option, user_errors
+from embedstore_cli.options import (
+    echo_skipped,
+    json_option,
+    models_option,
+    print_json,
+    print_table,
+    store_option,
+    user_errors,
+)
 
 FACTOR_SETS = {"study": STUDY_DEFAULT_FACTORS, "all": IMAGENET_X_FACTORS}
 
@@ -52,8 +60,7 @@ def factors_command(store_path: str, models: tuple[str, ...], dataset: str, fact
     store = Store.open(store_path, readonly=False)
     options["prompt_set"] = prompt_option(store, models, options["prompt_set"])
     report = run_factors(store, models, dataset, factors=_factor_list(factor_text), **options)
-    for model, reason in report.skipped.items():
-        click.echo(f"skipped {model}: {reason}", err=True)
+    echo_skipped(report.skipped)
     if as_json:
         print_json(_as_json(report))
         return

@@ -7,7 +7,7 @@ import click
 from embedstore.analysis.probe import REFIT_SPLITS
 from embedstore.evaluate.probe import run_probe
 from embedstore.store import Store
-from embedstore_cli.options import json_option, models_option, print_rows, store_option, user_errors
+from embedstore_cli.options import echo_skipped, json_option, models_option, print_rows, store_option, user_errors
 
 
 @click.command("probe")
@@ -35,8 +35,7 @@ def probe_command(store_path: str, models: tuple[str, ...], train_dataset: str, 
     Results go to the catalog (analysis 'probe')."""
     report = run_probe(Store.open(store_path, readonly=False), models, train_dataset, eval_datasets, split=split,
                        seed=seed, val_fraction=val_fraction, refit_on=refit_on)  # fmt: skip
-    for name, reason in {**report.skipped_datasets, **report.skipped}.items():
-        click.echo(f"skipped {name}: {reason}", err=True)
+    echo_skipped({**report.skipped_datasets, **report.skipped})
     scored = ([train_dataset] if split < 1.0 else []) + report.eval_datasets
     print_rows(
         [row.as_dict() for row in report.rows],

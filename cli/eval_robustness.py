@@ -11,7 +11,15 @@ from embedstore.analysis.robustness import MIN_MODELS_FOR_TREND, REGRESSORS, TRA
 from embedstore.evaluate.common import prompt_option
 from embedstore.evaluate.robustness import DEFAULT_GROUP_BY, RobustnessReport, run_robustness
 from embedstore.store import Store
-from embedstore_cli.options import json_option, models_option, print_json, print_table, store_option, user_errors
+from embedstore_cli.options import (
+    echo_skipped,
+    json_option,
+    models_option,
+    print_json,
+    print_table,
+    store_option,
+    user_errors,
+)
 
 
 @click.command("robustness")
@@ -47,8 +55,7 @@ def robustness_command(store_path: str, models: tuple[str, ...], id_dataset: str
     store = Store.open(store_path, readonly=False)
     options["prompt_set"] = prompt_option(store, models, options["prompt_set"])
     report = run_robustness(store, models, id_dataset, shifted, **options)
-    for name, reason in {**report.skipped_datasets, **report.skipped}.items():
-        click.echo(f"skipped {name}: {reason}", err=True)
+    echo_skipped({**report.skipped_datasets, **report.skipped})
     if as_json:
         print_json(_as_json(report))
         return

@@ -7,7 +7,7 @@ import click
 from embedstore.evaluate.common import prompt_option
 from embedstore.evaluate.shape_bias import run_shape_bias
 from embedstore.store import Store
-from embedstore_cli.options import json_option, models_option, print_rows, store_option, user_errors
+from embedstore_cli.options import echo_skipped, json_option, models_option, print_rows, store_option, user_errors
 
 
 @click.command("shape-bias")
@@ -40,8 +40,7 @@ def shape_bias_command(
     store = Store.open(store_path, readonly=False)
     prompt_set = prompt_option(store, models, prompt_set)
     report = run_shape_bias(store, models, dataset, prompt_set=prompt_set, clip_imagenet=clip_imagenet)
-    for model, reason in report.skipped.items():
-        click.echo(f"skipped {model}: {reason}", err=True)
+    echo_skipped(report.skipped)
     print_rows(
         [row.as_dict() for row in report.rows],
         ["model", "shape_bias", "shape_match_rate", "texture_match_rate", "n_used", "n_dropped_same", "decisions"],

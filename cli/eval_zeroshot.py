@@ -6,7 +6,15 @@ import click
 
 from embedstore.evaluate.zeroshot import run_zeroshot
 from embedstore.store import Store
-from embedstore_cli.options import datasets_option, json_option, models_option, print_rows, store_option, user_errors
+from embedstore_cli.options import (
+    datasets_option,
+    echo_skipped,
+    json_option,
+    models_option,
+    print_rows,
+    store_option,
+    user_errors,
+)
 
 
 @click.command("zeroshot")
@@ -33,8 +41,10 @@ def zeroshot_command(store_path, models, datasets, prompt_set, templates, per_cl
             ) from None
         if not indices:
             raise click.BadParameter("names no template index", param_hint="--templates")
+    skipped: dict[str, str] = {}
     rows = run_zeroshot(Store.open(store_path, readonly=False), models, datasets, prompt_set=prompt_set,
-                        templates=indices, per_class=per_class)  # fmt: skip
+                        templates=indices, per_class=per_class, skipped=skipped)  # fmt: skip
+    echo_skipped(skipped)
     print_rows(
         [r.as_dict() for r in rows],
         ["model", "dataset", "prompts", "acc1", "acc5", "mean_per_class_recall", "n"],

@@ -107,3 +107,9 @@ def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: 
         print_json(list(rows))
     else:
         print_table(list(columns), [[row.get(c) for c in columns] for row in rows])
+
+
+def echo_skipped(skipped: dict[str, str]) -> None:
+    """One ``skipped NAME: reason`` line on stderr per model or dataset a glob matched but the analysis left out."""
+    for name, reason in skipped.items():
+        click.echo(f"skipped {name}: {reason}", err=True)

@@ -9,6 +9,7 @@ from embedstore.sources.classes import read_list_file
 from embedstore.store import Store
 from embedstore_cli.options import (
     datasets_option,
+    echo_skipped,
     json_option,
     models_option,
     print_json,
@@ -59,8 +60,7 @@ def add_command(store_path, dataset, name, templates, template_file, models, dev
         raise click.UsageError("give templates with --template or --file")
     added = add_templates(Store.open(store_path, readonly=False), dataset, name, texts, models=models or None,
                           device=device, batch_size=batch_size, log=lambda m: click.echo(m, err=True))  # fmt: skip
-    for model, reason in added.skipped.items():
-        click.echo(f"skipped {model}: {reason}", err=True)
+    echo_skipped(added.skipped)
     _say_replaced(name, added.replaced, len(added.indices))
     click.echo(f"prompt set {name!r} of {dataset}: {len(added.indices)} templates, {len(added.new_templates)} new, "
                f"encoded for {len(added.encoded_for)} model(s)")  # fmt: skip

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.calibration import run_calibration
 from embedstore.evaluate.ood import run_ood
 from embedstore.evaluate.zeroshot import run_zeroshot
 from embedstore.store import Store
+from embedstore_cli.main import cli
 from tests.imported_classifiers import import_rows, register_rows_only_dataset
 
 SUBSET = [1, 4, 12]
@@ -39,10 +41,19 @@ def store(tmp_path) -> Store:
 
 
 def test_a_glob_skips_a_head_narrower_than_the_subset_and_scores_the_others(store) -> None:
-    rows = run_zeroshot(store, ["imp:*"], ["sub"])
+    skipped: dict[str, str] = {}
+    rows = run_zeroshot(store, ["imp:*"], ["sub", "fa*"], skipped=skipped)
     assert [r.model for r in rows] == ["imp:wide"] and rows[0].result.acc1 > 0.9
-    runs = run_calibration(store, ["imp:*"], ["sub"])
+    assert skipped == {"far": "no labelled, decodable rows (an OOD set?): zero-shot classification needs labels",
+                       "imp:narrow": "its head does not fit the classes of sub"}  # fmt: skip
+    skipped = {}
+    runs = run_calibration(store, ["imp:*"], ["sub"], skipped=skipped)
     assert [r.model for r in runs] == ["imp:wide"]
+    assert skipped == {"imp:narrow": "its head does not fit the classes of sub"}
+    out = CliRunner().invoke(
+        cli, ["eval", "zeroshot", "--store", str(store.path), "--model", "imp:*", "--dataset", "sub"]
+    )
+    assert out.exit_code == 0 and "skipped imp:narrow: its head does not fit the classes of sub\n" in out.output
 
 
 def test_a_named_head_narrower_than_the_subset_is_one_error_naming_it(store) -> None:

@@ -209,9 +209,11 @@ def test_cli_zeroshot_and_prompts(tiny_store):
     env = {"EMBEDSTORE_STORE": str(tiny_store.path)}
     out = runner.invoke(cli, ["eval", "zeroshot", "--model", "openclip:*", "--dataset", "shapes*", "--json"], env=env)
     assert out.exit_code == 0, out.output
-    assert (
-        len(json.loads(out.output)) == 2 * 5
-    )  # 2 CLIP models x 5 labelled datasets (captions: no classes, ood: no labels)
+    assert len(json.loads(out.stdout)) == 2 * 5  # 2 CLIP models x 5 labelled datasets ...
+    assert out.stderr.splitlines() == [  # ... the glob's others are named on stderr
+        "skipped shapes-captions: no classes (a retrieval dataset): zero-shot classification needs classes",
+        "skipped shapes-ood: no labelled, decodable rows (an OOD set?): zero-shot classification needs labels",
+    ]
     out = runner.invoke(cli, ["prompts", "list", "--dataset", "shapes"], env=env)
     assert out.exit_code == 0 and "default (" in out.output
     out = runner.invoke(cli, ["eval", "zeroshot", "--model", "nope", "--dataset", "shapes"], env=env)

@@ -163,19 +163,22 @@ def run_calibration(
     prompt_set: str = "default",
     n_bins: int = DEFAULT_N_BINS,
     bounds: tuple[float, float] = DEFAULT_TEMPERATURE_BOUNDS,
+    skipped: dict[str, str] | None = None,
 ) -> list[CalibrationRun]:
     """Calibrate every model (ids or globs) on every dataset (names or globs) and record the results.
 
     Without ``calibrate_on`` each dataset is split (``split`` defaults to 0.5): ``T`` is fitted on
     that seeded fraction and the rest is reported. With ``calibrate_on=D0``, ``T`` is fitted on all of
     D0 (or on its seeded ``split`` when given) and applied to every dataset. Re-running with the same
-    parameters replaces a run's rows; other parameters add rows.
+    parameters replaces a run's rows; other parameters add rows. What a glob matched that cannot be
+    calibrated is left out, with the reason put in ``skipped`` when given.
     """
+    skipped = {} if skipped is None else skipped
     with store.session():
         model_ids = resolve_models(store, models)
         dataset_names = resolve_datasets(store, datasets)
         source = fit_source(calibrate_on, split, seed, dataset_names)
-        plan = _plan(store, model_ids, dataset_names, source, models, datasets)
+        plan = _plan(store, model_ids, dataset_names, source, models, datasets, skipped)
     runs: list[CalibrationRun] = []
     for model, evaluated in plan.items():
         if source.dataset is None:
@@ -196,14 +199,18 @@ def _plan(
     source: FitSource,
     model_patterns: Sequence[str],
     dataset_patterns: Sequence[str],
+    skipped: dict[str, str],
 ) -> dict[str, list[str]]:
     """The datasets each model is calibrated on. A dataset with no classes or no labelled rows, or a
-    classifier head that does not fit a dataset, is an error when named exactly and skipped when only a
-    glob matched it (``common.named_explicitly``); the ``calibrate_on`` dataset counts as named."""
+    classifier head that does not fit a dataset, is an error when named exactly and skipped, with the
+    reason in ``skipped``, when only a glob matched it (``common.named_explicitly``); the
+    ``calibrate_on`` dataset counts as named."""
     usable = [
         d
         for d in dataset_names
-        if has_labelled_classes(store, d, named=named_explicitly(d, dataset_patterns), needed_for="calibration")
+        if has_labelled_classes(
+            store, d, named=named_explicitly(d, dataset_patterns), needed_for="calibration", skipped=skipped
+        )  # fmt: skip
     ]
     if source.dataset is not None:
         has_labelled_classes(store, source.dataset, named=True, needed_for="calibration")
@@ -211,8 +218,12 @@ def _plan(
     for model in model_ids:
         named = named_explicitly(model, model_patterns)
         if source.dataset is not None and not _fits_head(store, model, source.dataset, named):
+            skipped[model] = f"its head does not fit the classes of {source.dataset} (--calibrate-on)"
             continue
         fitting = [d for d in usable if _fits_head(store, model, d, named)]
+        if len(fitting) < len(usable):
+            unfit = [d for d in usable if d not in fitting]
+            skipped[model] = f"its head does not fit the classes of {', '.join(unfit)}"
         if fitting:
             plan[model] = fitting
     if not plan:

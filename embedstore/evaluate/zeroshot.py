@@ -75,6 +75,7 @@ def run_zeroshot(
     prompt_set: str | None = None,
     templates: Sequence[int] | None = None,
     per_class: bool = False,
+    skipped: dict[str, str] | None = None,
 ) -> list[ZeroShotRow]:
     """Evaluate every (model, dataset) pair (ids or glob patterns) and record the results.
 
@@ -83,7 +84,8 @@ def run_zeroshot(
     is an error, as is an unknown prompt set or template index. Pairs whose arrays do not exist are
     errors naming the missing array. What a glob matched that cannot be scored is skipped: a dataset
     without classes or labelled rows, CLIP models on a dataset without the prompt set, a classifier
-    whose head does not fit; a run that scores nothing is an error giving each reason."""
+    whose head does not fit; the reasons go into ``skipped`` when given. A run that scores nothing is
+    an error giving each reason."""
     if prompt_set is not None and templates is not None:
         raise AnalysisError("give --prompts or --templates, not both")
     selected = resolve_models(store, models)
@@ -93,7 +95,8 @@ def run_zeroshot(
         raise AnalysisError(f"{option} chooses the prompts of CLIP models, and none is selected (classifiers are "
                             "scored on their head logits)")  # fmt: skip
     rows = []
-    skipped: dict[str, str] = {}
+    skipped = {} if skipped is None else skipped
+    unfit: dict[str, list[str]] = {}  # classifiers a glob matched: the datasets their heads do not fit
     for dataset in resolve_datasets(store, datasets):
         named_dataset = named_explicitly(dataset, datasets)
         if not has_labelled_classes(store, dataset, named=named_dataset, needed_for="zero-shot classification",
@@ -114,7 +117,7 @@ def run_zeroshot(
             if clip and clip_indices is None:
                 continue
             if not clip and not named_explicitly(model, models) and not head_fits(store, model, dataset):
-                skipped.setdefault(model, f"its head does not fit {dataset}'s classes")
+                unfit.setdefault(model, []).append(dataset)
                 continue
             indices = clip_indices if clip else None
             result = zeroshot_result(store, model, dataset, indices)
@@ -133,6 +136,9 @@ def run_zeroshot(
                 ]
             store.put_results("zeroshot", metrics, params=params, model=model, dataset=dataset)
             rows.append(ZeroShotRow(model, dataset, label, result))
+    skipped.update(
+        {model: f"its head does not fit the classes of {', '.join(names)}" for model, names in unfit.items()}
+    )
     if not rows:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
         raise AnalysisError(f"no model and dataset selected can be scored ({reasons})")
