@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from embedstore.errors import EmbedstoreError, FingerprintMismatch
+from embedstore.errors import EmbedstoreError, FingerprintMismatch, StoreError
 from embedstore.extract.plan import DatasetPlan, ModelPlan, Plan, Settings, plan_from_args
 from embedstore.extract.runner import run_extraction, run_extraction_at, zeroshot_weights
 from embedstore.models import load_model
@@ -62,7 +62,11 @@ def test_cpu_path_equals_open_clip_and_timm(store, image_folder):
         logits = timm_model.module(torch.stack([transform(im) for im in images])).numpy()
     np.testing.assert_allclose(store.read_array("shapes", timm_model.model_id, "logits"), logits, rtol=1e-4, atol=1e-5)
     for info in store.list_arrays("shapes"):  # what can move float results in their last bits is recorded
-        assert {"device": "cpu", "batch_size": 4, "cpu_threads": torch.get_num_threads()}.items() <= info.settings.items()
+        assert {
+            "device": "cpu",
+            "batch_size": 4,
+            "cpu_threads": torch.get_num_threads(),
+        }.items() <= info.settings.items()
 
 
 def test_a_models_images_per_s_leaves_out_its_warm_up(store, image_folder, monkeypatch):
@@ -93,7 +97,9 @@ def test_stored_clip_logits_equal_logits_recomputed_from_the_store(store, image_
     text = store.read_array("shapes", model["model_id"], "text_emb")
     weights = zeroshot_weights(text, store.prompt_set("shapes", "default"))
     recomputed = model["logit_scale"] * (image / np.linalg.norm(image, axis=1, keepdims=True)) @ weights.T
-    np.testing.assert_allclose(store.read_array("shapes", model["model_id"], "logits"), recomputed, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        store.read_array("shapes", model["model_id"], "logits"), recomputed, rtol=1e-5, atol=1e-4
+    )
 
 
 def test_each_file_is_opened_once_per_pass(store, image_folder):
@@ -162,13 +168,37 @@ def test_bad_samples_are_recorded_and_the_run_goes_on(store, tmp_path, decode):
     bad = store.query('SELECT s.locator, b.reason FROM bad_samples b JOIN samples s USING (dataset, "row") ORDER BY 1')
     reasons = {Path(r["locator"]).name: r["reason"] for r in bad}
     assert set(reasons) == {"f_big.png", "g_truncated.jpg", "h_empty.jpg", "i_text.jpg"}, reasons
-    assert "pixel limit" in reasons["f_big.png"] and ("zero-byte" in reasons["h_empty.jpg"] or "empty file" in reasons["h_empty.jpg"])
+    assert "pixel limit" in reasons["f_big.png"] and (
+        "zero-byte" in reasons["h_empty.jpg"] or "empty file" in reasons["h_empty.jpg"]
+    )
     assert "truncated" in reasons["g_truncated.jpg"] or "corrupt" in reasons["g_truncated.jpg"]
     assert "not an image" in reasons["i_text.jpg"]
     assert report.bad_samples == {"bad": 4}
     emb = store.read_array("bad", "openclip:embedstore-tiny@random:0", "image_emb")
     rows = store.bad_rows("bad")
     assert np.all(emb[rows] == 0) and np.all(np.abs(emb[np.setdiff1d(np.arange(9), rows)]).sum(axis=1) > 0)
+
+
+def test_a_run_stopped_before_recording_its_bad_samples_leaves_arrays_unreadable_until_run_again(
+    store, tmp_path, monkeypatch
+):
+    folder = _bad_folder(tmp_path)
+    model = "openclip:embedstore-tiny@random:0"
+
+    def stopped(*_args, **_kwargs):
+        raise KeyboardInterrupt  # Ctrl-C after the last chunk, before the dataset's bad samples are recorded
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "record_bad_samples", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            _extract(store, [f"bad=imagefolder:{folder}"], models=[CLIP], pixel_limit=200 * 200, device="cpu")
+    info = store.list_arrays("bad", model, "image_emb")[0]
+    assert store.array_progress(info) == (9, "partial")  # every row written, not finished
+    with pytest.raises(StoreError, match="its writer has not finished it"):  # zero rows of bad images are not data
+        store.read_array("bad", model, "logits")
+    report = _extract(store, [f"bad=imagefolder:{folder}"], models=[CLIP], pixel_limit=200 * 200, device="cpu")
+    assert report.bad_samples == {"bad": 4} and len(store.bad_rows("bad")) == 4
+    assert store.read_array("bad", model, "logits").shape[0] == 9
 
 
 def test_gpu_decode_path_stays_close_to_the_cpu_path(tmp_path, image_folder):

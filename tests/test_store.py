@@ -57,6 +57,10 @@ def test_three_dimensional_text_array_round_trip(store):
     for i in range(arr.n_chunks):
         a, b = arr.chunk_bounds(i)
         arr.write_chunk(i, data[a:b])
+    with pytest.raises(StoreError, match="its writer has not finished it"):  # every row written, not yet finished
+        store.read_array("ds", "openclip:m@random", "text_emb")
+    assert store.array_progress(store.list_arrays("ds", "openclip:m@random", "text_emb")[0]) == (5, "partial")
+    store.update_array_progress("ds", "openclip:m@random", "text_emb")
     np.testing.assert_array_equal(store.read_array("ds", "openclip:m@random", "text_emb"), data)
 
 
@@ -88,7 +92,7 @@ def test_partial_array_is_refused_unless_asked(store):
 def test_progress_recount_without_change_writes_nothing(store):
     arr = _writer(store)
     arr.write_chunk(0, np.ones((4, 4)))
-    updated = 'SELECT updated FROM arrays WHERE name = \'image_emb\''
+    updated = "SELECT updated FROM arrays WHERE name = 'image_emb'"
     store.update_array_progress("ds", "openclip:m@random", "image_emb")
     first = store.query(updated)[0]["updated"]
     again = store.update_array_progress("ds", "openclip:m@random", "image_emb")
@@ -113,7 +117,9 @@ def test_reads_rows_by_slice_and_index_list(store, compression):
     # dense index lists take the span read, sparse ones Zarr's selection: both in the order asked
     for rows in [[9, 0, 5], [0, 1, 2, 4, 5, 6, 7], [3, 4, 5, 6], [6, 5, 5, 4], [0, 9], [2]]:
         np.testing.assert_array_equal(arr.read(rows), data[rows])
-        np.testing.assert_array_equal(arr.read(np.asarray(rows)), arr.zarr.get_orthogonal_selection((rows, slice(None))))
+        np.testing.assert_array_equal(
+            arr.read(np.asarray(rows)), arr.zarr.get_orthogonal_selection((rows, slice(None)))
+        )
     assert arr.read([]).shape == (0, 4)
     with pytest.raises(StoreError, match="out of range"):
         arr.read([10])
@@ -138,7 +144,9 @@ def test_a_damaged_chunk_is_refused_never_read_as_zeros_or_stale_bytes(store, co
     for rows in (None, slice(4, 6), slice(0, 10, 2), [5], [0, 9, 5], [4, 5, 6]):
         with pytest.raises(StoreError, match=r"array ds/m.* is damaged: .*embedstore verify"):
             arr.read(rows)
-    with pytest.raises(StoreError, match="^image_emb of model m on dataset ds is damaged: chunk 1 is marked done but its file c/1/0 "):
+    with pytest.raises(
+        StoreError, match="^image_emb of model m on dataset ds is damaged: chunk 1 is marked done but its file c/1/0 "
+    ):
         store.read_array("ds", "m", "image_emb")
     np.testing.assert_array_equal(arr.read([0, 9, 1]), data[[0, 9, 1]])  # the other chunks still read
     assert [arr.verify_chunk(i) for i in range(3)] == [True, False, True]

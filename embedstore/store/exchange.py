@@ -268,14 +268,17 @@ def _write_import(
     if not store.query("SELECT model_id FROM models WHERE model_id = ?", [model]):
         store.register_model({"model_id": model, "kind": "imported", "library": "import",
                               "fingerprint": _file_hash(path)})  # fmt: skip
+    # The rows' own hash: an interrupted import resumes only from the same matrix, not from another file
+    # that took its name.
+    content = hashlib.sha256(np.ascontiguousarray(rows).data).hexdigest()
     fingerprints = {
         "dataset": store.dataset_info(dataset)["fingerprint"],
         "model": store.model_info(model)["fingerprint"],
-        "settings": hash_object({"source": "import", "file": path.name}),
+        "settings": hash_object({"source": "import", "file": path.name, "content_sha256": content}),
     }
     arr = store.open_array_writer(
         dataset, model, name, shape=rows.shape, dtype=str(rows.dtype), chunk_rows=IMPORT_CHUNK_ROWS,
-        fingerprints=fingerprints, settings={"source": "import", "file": str(path)},
+        fingerprints=fingerprints, settings={"source": "import", "file": str(path), "content_sha256": content},
     )  # fmt: skip
     for i in arr.missing_chunks():
         start, stop = arr.chunk_bounds(i)

@@ -599,6 +599,12 @@ class Store:
                     f"array {dataset}/{model}/{name} is incomplete ({done}/{info.rows_total} rows); "
                     f"finish its extraction first"
                 )
+            # Every chunk is written, but the writer has not recorded the dataset's bad samples and the
+            # array's status yet (it is still running, or was stopped in between): its rows are not final.
+            raise StoreError(
+                f"array {dataset}/{model}/{name} has every row written but its writer has not finished it (bad "
+                f"samples and status not recorded): wait for it, or run the same extract or import again"
+            )
         return arr
 
     def list_arrays(
@@ -665,12 +671,13 @@ class Store:
         return self.catalog.remembered("arrays by key", read)
 
     def array_progress(self, info: ArrayInfo) -> tuple[int, str]:
-        """(rows done, status) read from the chunk markers: true even while a writer is running."""
+        """(rows done, status) read from the chunk markers: true even while a writer is running. Only
+        the writer makes an array ``complete``, once it has recorded the dataset's bad samples; until
+        then one with every row written is ``partial``."""
         if info.status == "complete":
             return info.rows_done, info.status
         done = self.arrays.open_array(info.path).rows_done() if self.arrays.exists(info.path) else 0
-        status = "complete" if done == info.rows_total else ("partial" if done else "pending")
-        return done, status
+        return done, "partial" if done else "pending"
 
     def delete_arrays(self, dataset: str | None = None, model: str | None = None, name: str | None = None) -> int:
         infos = self.list_arrays(dataset, model, name)
