@@ -268,11 +268,23 @@ def merge_stores(
                 destination.arrays.copy_tree_from(source.arrays, info.path, path)
             counts = _copy_catalog_rows(destination, source, plan)
         except BaseException:
-            for path in copied:
-                destination.arrays.delete_array(path)
+            _remove_uncatalogued_copies(destination, copied)
             raise
         _copy_saved_indexes(plan)
     return MergeReport(plan, *counts)
+
+
+def _remove_uncatalogued_copies(destination: Store, paths: Sequence[str]) -> None:
+    """After a failed or interrupted merge, delete the copied arrays the destination's catalog does not
+    list. A Ctrl-C that lands after the catalog commit keeps them: the catalog lists them as complete.
+    When the catalog cannot be read, nothing is deleted (`embedstore gc` removes unlisted folders)."""
+    try:
+        listed = {row["path"] for row in destination.query("SELECT path FROM arrays")}
+    except Exception:
+        return
+    for path in paths:
+        if path not in listed:
+            destination.arrays.delete_array(path)
 
 
 def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tuple[int, int, int]:

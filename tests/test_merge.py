@@ -249,6 +249,24 @@ def test_a_failed_merge_removes_its_copies(source, tmp_path, monkeypatch):
     assert sorted(p.name for p in destination.path.iterdir()) == ["arrays.zarr", "catalog.duckdb"]
 
 
+def test_ctrl_c_after_the_catalog_commit_keeps_the_copies_it_lists(source, tmp_path, monkeypatch):
+    import embedstore.merge as merge
+    from embedstore.verify import verify_arrays
+
+    destination = Store.create(tmp_path / "destination")
+    copy_rows = merge._copy_catalog_rows
+
+    def committed_then_interrupted(*args):
+        copy_rows(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merge, "_copy_catalog_rows", committed_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        merge_stores(destination, source)
+    assert len(destination.list_arrays()) == len(source.list_arrays())
+    assert {check.status for check in verify_arrays(destination)} == {"ok"}  # every listed array is there
+
+
 def test_the_command_dry_run_writes_nothing_then_merges(source, tmp_path):
     runner = CliRunner()
     destination = tmp_path / "destination"
