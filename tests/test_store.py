@@ -64,6 +64,20 @@ def test_three_dimensional_text_array_round_trip(store):
     np.testing.assert_array_equal(store.read_array("ds", "openclip:m@random", "text_emb"), data)
 
 
+def test_a_complete_array_removed_while_a_reader_holds_it_is_an_error_not_zeros(store):
+    arr = _writer(store)
+    for i in range(arr.n_chunks):
+        a, b = arr.chunk_bounds(i)
+        arr.write_chunk(i, np.ones((b - a, 4)))
+    info = store.update_array_progress("ds", "openclip:m@random", "image_emb")
+    reader = store._readable_array("ds", "openclip:m@random", "image_emb", allow_partial=False)
+    store.arrays.delete_array(info.path)  # another process's `rm`, or a rewrite by `prompts add`
+    with pytest.raises(
+        StoreError, match="chunk 0 has lost its done-marker and file .* is missing .was the array removed"
+    ):
+        reader.read()
+
+
 def test_chunks_are_exact_and_written_once(store):
     arr = _writer(store)
     assert arr.n_chunks == 3 and arr.chunk_bounds(2) == (8, 10)

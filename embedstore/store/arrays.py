@@ -222,6 +222,10 @@ class StoreArray:
         self.path = path
         self.zarr = arr
         self.label = label or f"array {path}"  # how errors name it: the store passes "NAME of model M on dataset D"
+        # Set by the store for an array its catalog lists as complete: every chunk is then done, and one
+        # that has lost its file and marker (removed or rewritten by another process meanwhile) is an
+        # error, not a chunk not written yet.
+        self.complete = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -383,6 +387,11 @@ class StoreArray:
                 """A done chunk that cannot be read is damaged; one not written yet (or being written) is zeros."""
                 if self.is_done(index):
                     raise self.damaged(index, what)
+                if self.complete:
+                    raise self._damaged(
+                        f"chunk {index} has lost its done-marker and {what.removeprefix('its ')} (was the array "
+                        f"removed or rewritten while it was read?)"
+                    )
                 target[...] = 0
 
             try:

@@ -592,6 +592,7 @@ class Store:
             )
         else:
             arr = self.arrays.open_array(info.path, _label(dataset, model, name))
+        arr.complete = info.status == "complete"
         if not allow_partial and info.status != "complete":
             done = arr.rows_done()
             if done != info.rows_total:
