@@ -145,10 +145,16 @@ def rm_command(
     if not (dataset or model or name):
         raise click.UsageError("name at least one of --dataset, --model, --array")
     store = Store.open(store_path, readonly=False)
-    from embedstore.remove import no_arrays_match, remove_arrays
+    from embedstore.remove import no_arrays_match, remove_arrays, remove_pair_results
 
     model = stored_model_id(model) if model is not None else None
     infos = store.list_arrays(dataset, model, name)
+    if not infos and with_results and dataset and model and name is None and store.count_results([(model, dataset)]):
+        n = store.count_results([(model, dataset)])  # the pair's arrays are gone already: its results can still go
+        if not yes:
+            click.confirm(f"no array of {model} on {dataset} is left; delete its {n} result row(s)?", abort=True)
+        click.echo(f"deleted {remove_pair_results(store, dataset, model)} result row(s) of {model} on {dataset}")
+        return
     if not infos:
         raise click.ClickException(no_arrays_match(store, dataset=dataset, model=model, name=name))
     if not yes:

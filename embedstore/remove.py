@@ -37,12 +37,21 @@ def remove_arrays(
     datasets = sorted({info.dataset for info in store.list_arrays(dataset, model, name)})
     with dataset_locks(store.path, datasets, doing="embedstore rm"):
         infos = store.list_arrays(dataset, model, name)
-        arrays = store.delete_arrays(dataset, model, name)
-        indexes = sum(delete_saved_indexes(store, i.dataset, i.model, i.name) for i in infos)
         pairs = sorted({(i.model, i.dataset) for i in infos})
         counted = store.count_results(pairs)
+        # Results go first: a run stopped after them still lists the arrays, so running it again finishes.
         deleted = store.delete_results(pairs) if results else 0
+        arrays = store.delete_arrays(dataset, model, name)
+        indexes = sum(delete_saved_indexes(store, i.dataset, i.model, i.name) for i in infos)
     return Removed(arrays, indexes, results_deleted=deleted, results_kept=counted - deleted)
+
+
+def remove_pair_results(store: Store, dataset: str, model: str) -> int:
+    """Delete the result rows of one (model, dataset) pair that has no array left (its arrays were
+    removed without ``--results``); returns how many."""
+    model = stored_model_id(model)
+    with dataset_locks(store.path, [dataset], doing="embedstore rm"):
+        return store.delete_results([(model, dataset)])
 
 
 def no_arrays_match(store: Store, **filters: str | None) -> str:

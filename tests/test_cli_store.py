@@ -415,6 +415,10 @@ def test_rm_counts_the_results_of_the_removed_pairs_and_deletes_them_when_asked(
     deleted = run("rm", "--model", "m2", "--results", "--yes").output
     assert deleted == "deleted 1 array(s) and 2 result row(s)\n"
     assert (results_of("m1"), results_of("m2"), results_of(None)) == (2, 0, 1)
+    # m1's arrays are gone and its results were kept: --results on the pair still deletes them
+    late = run("rm", "--model", "m1", "--dataset", "ds", "--results", "--yes").output
+    assert late == "deleted 2 result row(s) of m1 on ds\n" and results_of("m1") == 0
+    assert "no array matches" in run("rm", "--model", "m1", "--dataset", "ds", "--results", "--yes", ok=False).output
 
 
 def test_errors_without_store(run, tmp_path):
