@@ -74,7 +74,9 @@ def add_command(store_path, dataset, name, templates, template_file, models, dev
 @user_errors
 def ablate_command(store_path, models, datasets, as_json) -> None:
     """Accuracy of each template alone and of each prompt set's ensemble."""
-    rows = run_ablation(Store.open(store_path, readonly=False), models, datasets)
+    skipped: dict[str, str] = {}
+    rows = run_ablation(Store.open(store_path, readonly=False), models, datasets, skipped)
+    echo_skipped(skipped)
     if as_json:
         print_json([r.__dict__ for r in rows])
         return

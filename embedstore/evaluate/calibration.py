@@ -52,6 +52,7 @@ from embedstore.evaluate.common import (
     named_explicitly,
     resolve_datasets,
     resolve_models,
+    skips_unfinished,
     stores_results_together,
 )
 from embedstore.store import Store
@@ -220,10 +221,17 @@ def _plan(
         if source.dataset is not None and not _fits_head(store, model, source.dataset, named):
             skipped[model] = f"its head does not fit the classes of {source.dataset} (--calibrate-on)"
             continue
+        if source.dataset is not None and skips_unfinished(store, model, source.dataset, named, skipped):
+            continue
         fitting = [d for d in usable if _fits_head(store, model, d, named)]
         if len(fitting) < len(usable):
             unfit = [d for d in usable if d not in fitting]
             skipped[model] = f"its head does not fit the classes of {', '.join(unfit)}"
+        fitting = [
+            d
+            for d in fitting
+            if not skips_unfinished(store, model, d, named and named_explicitly(d, dataset_patterns), skipped)
+        ]
         if fitting:
             plan[model] = fitting
     if not plan:

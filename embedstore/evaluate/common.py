@@ -87,6 +87,36 @@ def head_fits(store: Store, model: str, dataset: str) -> bool:
     return bool(arrays) and head_mismatch(arrays[0].shape[-1], store.dataset_info(dataset)) is None
 
 
+def unfinished_arrays(store: Store, model: str, dataset: str) -> str | None:
+    """Why a (model, dataset) pair cannot be scored yet, or None: an array its scores read (CLIP:
+    ``image_emb`` and ``text_emb``; others: ``logits``) exists but its writer has not finished it (an
+    extraction of the dataset is running, or was stopped). Missing arrays are not this function's
+    concern: reading one names it."""
+    names = ("image_emb", "text_emb") if model_kind(store, model) == "clip" else ("logits",)
+    for name in names:
+        for info in store.list_arrays(dataset, model, name):
+            if info.status != "complete":
+                return (
+                    f"its {name} on {dataset} is not finished ({info.rows_done}/{info.rows_total} rows as last "
+                    f"recorded): its extraction is running or was stopped"
+                )
+    return None
+
+
+def skips_unfinished(
+    store: Store, model: str, dataset: str, named: bool, skipped: dict[str, str] | None = None
+) -> bool:
+    """True when a pair a glob matched (``named``: both model and dataset were named exactly) has an
+    unfinished array (`unfinished_arrays`): it is left out, with the reason put in ``skipped`` under
+    the model. A pair named exactly is kept, so that reading it fails with the cause."""
+    if named:
+        return False
+    reason = unfinished_arrays(store, model, dataset)
+    if reason is not None and skipped is not None:
+        skipped[model] = reason if model not in skipped else f"{skipped[model]}; {reason}"
+    return reason is not None
+
+
 def head_mismatch(outputs: int, dataset_info: dict[str, Any]) -> str | None:
     """Why a classifier head of ``outputs`` logits cannot be scored on a dataset, or None when it can:
     a dataset with a ``class_subset`` slices the head to those columns, so each must be below

@@ -30,6 +30,7 @@ from embedstore.evaluate.common import (
     named_explicitly,
     resolve_datasets,
     resolve_models,
+    skips_unfinished,
     stores_results_together,
     usable_rows,
 )
@@ -56,17 +57,24 @@ class AblationRow:
 
 
 @stores_results_together
-def run_ablation(store: Store, models: Sequence[str], datasets: Sequence[str]) -> list[AblationRow]:
-    """Each template alone and each prompt set's ensemble, for every CLIP model and dataset."""
+def run_ablation(
+    store: Store, models: Sequence[str], datasets: Sequence[str], skipped: dict[str, str] | None = None
+) -> list[AblationRow]:
+    """Each template alone and each prompt set's ensemble, for every CLIP model and dataset. What a
+    glob matched that cannot be scored (a dataset without labelled classes, an unfinished extraction)
+    is left out, with the reason put in ``skipped`` when given."""
     out = []
     for dataset in resolve_datasets(store, datasets):
-        if not has_labelled_classes(store, dataset, named=named_explicitly(dataset, datasets),
-                                    needed_for="a template ablation"):  # fmt: skip
+        named_dataset = named_explicitly(dataset, datasets)
+        if not has_labelled_classes(store, dataset, named=named_dataset, needed_for="a template ablation",
+                                    skipped=skipped):  # fmt: skip
             continue  # a caption or OOD set a glob swept in
         templates = store.templates(dataset)
         sets = store.prompt_sets(dataset)
         for model in resolve_models(store, models):
             if model_kind(store, model) != "clip":
+                continue
+            if skips_unfinished(store, model, dataset, named_dataset and named_explicitly(model, models), skipped):
                 continue
             _, image, text, labels = _clip_arrays(store, model, dataset)
             for indices in sets.values():

@@ -69,6 +69,7 @@ from embedstore.evaluate.common import (
     resolve_datasets,
     resolve_models,
     stores_results_together,
+    unfinished_arrays,
     usable_rows,
 )
 from embedstore.store import Store
@@ -228,11 +229,15 @@ class AccuracyTable:
 
     def available(self, model: str, datasets: Sequence[str]) -> bool:
         """Whether acc1 can be had on every dataset: stored, or computable (`head_fits`; a CLIP model
-        needs the prompt set defined on the dataset)."""
+        needs the prompt set defined on the dataset; an unfinished extraction cannot be read yet)."""
         return all(
             (model, dataset) in self._cache
             or stored_zeroshot_acc1(self.store, model, dataset, self.prompt_set) is not None
-            or (head_fits(self.store, model, dataset) and self._prompts_defined(model, dataset))
+            or (
+                head_fits(self.store, model, dataset)
+                and self._prompts_defined(model, dataset)
+                and unfinished_arrays(self.store, model, dataset) is None
+            )
             for dataset in datasets
         )
 
@@ -366,7 +371,10 @@ def run_robustness(
                                           lambda d: any(accuracies.available(m, [d]) for m in selected))  # fmt: skip
         skipped: dict[str, str] = {}
         datasets = [id_dataset, *shifted_names]
-        reason = f"no acc1 on {', '.join(datasets)}: no stored zero-shot result, and its logits do not fit the classes"
+        reason = (
+            f"no acc1 on {', '.join(datasets)}: no stored zero-shot result, and its arrays give none (logits that "
+            f"do not fit the classes, or an extraction not finished)"
+        )
 
         def scorable(model: str) -> bool:
             return accuracies.available(model, datasets)

@@ -30,6 +30,7 @@ from embedstore.evaluate.common import (
     read_finite,
     resolve_datasets,
     resolve_models,
+    skips_unfinished,
     stores_results_together,
     usable_rows,
 )
@@ -84,7 +85,8 @@ def run_zeroshot(
     is an error, as is an unknown prompt set or template index. Pairs whose arrays do not exist are
     errors naming the missing array. What a glob matched that cannot be scored is skipped: a dataset
     without classes or labelled rows, CLIP models on a dataset without the prompt set, a classifier
-    whose head does not fit; the reasons go into ``skipped`` when given. A run that scores nothing is
+    whose head does not fit, a pair whose extraction has not finished; the reasons go into ``skipped``
+    when given. A run that scores nothing is
     an error giving each reason."""
     if prompt_set is not None and templates is not None:
         raise AnalysisError("give --prompts or --templates, not both")
@@ -115,6 +117,8 @@ def run_zeroshot(
         for model in selected:
             clip = model in clip_models
             if clip and clip_indices is None:
+                continue
+            if skips_unfinished(store, model, dataset, named_dataset and named_explicitly(model, models), skipped):
                 continue
             if not clip and not named_explicitly(model, models) and not head_fits(store, model, dataset):
                 unfit.setdefault(model, []).append(dataset)
