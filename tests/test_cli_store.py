@@ -63,6 +63,31 @@ def test_import_export_round_trip_is_bit_identical(run, tmp_path, matrix):
         assert [k.decode() for k in f["keys"][...]] == matrix[1]
 
 
+def test_bad_samples_travel_with_h5_and_parquet_exports(run, tmp_path, matrix):
+    from embedstore.store import Store
+
+    run("init")
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy",
+        "--keys", tmp_path / "keys.txt")  # fmt: skip
+    Store.open(tmp_path / "store", readonly=False).record_bad_samples(
+        "ds", [(3, "img003", "truncated"), (10, "img010", "zero-byte file")]
+    )
+    for fmt in ("h5", "parquet"):
+        run("export", "--dataset", "ds", "--model", "m1", "--array", "image_emb", "-o", tmp_path / f"bad.{fmt}")
+        fresh = Store.create(tmp_path / f"fresh-{fmt}")
+        out = run("import", "--store", fresh.path, "--dataset", "copy", "--model", "m1", "--array", "image_emb",
+                  tmp_path / f"bad.{fmt}")  # fmt: skip
+        assert "registered new dataset copy" in out.output
+        assert fresh.query('SELECT "row", key, reason FROM bad_samples ORDER BY "row"') == [
+            {"row": 3, "key": "img003", "reason": "truncated"},
+            {"row": 10, "key": "img010", "reason": "zero-byte file"},
+        ]
+        assert fresh.list_arrays("copy", "m1", "image_emb")[0].status == "complete"
+    with h5py.File(tmp_path / "bad.h5") as f:
+        reasons = [r.decode() for r in f["bad_reason"][...]]
+    assert (reasons[3], reasons[10], set(reasons[:3])) == ("truncated", "zero-byte file", {""})
+
+
 def test_export_takes_a_glob_matching_one_model_and_names_the_candidates_otherwise(run, tmp_path, matrix):
     run("init")
     for model in ("openclip:toy@/cache/demo/toy_clip.pt", "openclip:other@random:0"):
@@ -446,3 +471,20 @@ def test_json_output_is_strict_json(capsys):
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {
         "auroc": None, "values": [0.5, None, 1], "ok": 3,
     }  # fmt: skip
+
+
+def test_caption_embeddings_round_trip_by_caption_id(tiny_store, tmp_path):
+    from embedstore.errors import StoreError
+    from embedstore.store.exchange import export_array, import_array
+
+    clip = "openclip:embedstore-tiny@random:0"
+    export_array(tiny_store, "shapes-captions", clip, "caption_emb", tmp_path / "cap.parquet")
+    import_array(tiny_store, "shapes-captions", "imp:cap", "caption_emb", tmp_path / "cap.parquet")
+    np.testing.assert_array_equal(
+        tiny_store.read_array("shapes-captions", "imp:cap", "caption_emb"),
+        tiny_store.read_array("shapes-captions", clip, "caption_emb"),
+    )
+    with pytest.raises(StoreError, match="caption_emb rows are captions of a caption dataset, and store .* has no "
+                                         "dataset elsewhere"):  # fmt: skip
+        import_array(tiny_store, "elsewhere", "imp:cap", "caption_emb", tmp_path / "cap.parquet")
+    assert not tiny_store.query("SELECT * FROM datasets WHERE name = 'elsewhere'")

@@ -1,10 +1,13 @@
 """Moving arrays in and out of a store: ``.npy``, ``.h5`` (h5py) and Parquet.
 
-Export writes an array in row order with its sample keys (``.h5``: datasets ``data`` and ``keys``;
-Parquet: columns ``row``, ``key``, ``values`` as a fixed-size list; ``.npy``: the matrix alone, keys
-optionally to a text file beside it). Import reads an ``[N, ...]`` matrix with one sample key per row,
-places every row at its sample's row in the dataset (registering a new dataset from the keys when the
-store does not know it) and writes it as a complete array. An export followed by an import and a
+Export writes an array in row order with its sample keys and, for rows of samples listed in
+``bad_samples`` (undecodable images, left as zero rows), the reason (``.h5``: datasets ``data``,
+``keys`` and ``bad_reason``, an empty string for good rows; Parquet: columns ``row``, ``key``,
+``values`` as a fixed-size list and ``bad_reason``, null for good rows; ``.npy``: the matrix alone,
+without keys or reasons). Import reads an ``[N, ...]`` matrix with one sample key per row, places
+every row at its sample's row in the dataset (registering a new dataset from the keys when the store
+does not know it), records the rows a file flags as bad in ``bad_samples`` (so that no analysis
+counts their zero rows) and writes it as a complete array. An export followed by an import and a
 second export gives bit-identical files.
 """
 
@@ -50,14 +53,28 @@ def export_array(
     model = store.model_with_array(dataset, model, name)
     data = store.read_array(dataset, model, name)
     keys = _row_keys(store, dataset, name, data.shape[0])
+    bad = _bad_reasons(store, dataset, name, len(keys))
     try:
-        _write_matrix(output, fmt, data, keys, {"dataset": dataset, "model": model, "name": name})
+        _write_matrix(output, fmt, data, keys, bad, {"dataset": dataset, "model": model, "name": name})
     except OSError as exc:  # h5py and pyarrow raise without naming the file
         raise StoreError(f"cannot write {output}: {exc.strerror or exc}") from None
     return output, tuple(data.shape), model
 
 
-def _write_matrix(output: Path, fmt: str, data: np.ndarray, keys: list[str], about: dict[str, str]) -> None:
+def _bad_reasons(store: Store, dataset: str, name: str, n: int) -> list[str | None]:
+    """Per exported row, the ``bad_samples`` reason of its sample (None for a good one); a caption row
+    is bad when its image is. ``text_emb`` rows are classes: none is bad."""
+    if name == "text_emb":
+        return [None] * n
+    reasons = {int(r["row"]): r["reason"] for r in store.query(
+        'SELECT "row", reason FROM bad_samples WHERE dataset = ?', [dataset])}  # fmt: skip
+    if name == "caption_emb":
+        return [reasons.get(int(sample_row)) for sample_row in store.caption_table(dataset)["sample_row"]]
+    return [reasons.get(row) for row in range(n)]
+
+
+def _write_matrix(output: Path, fmt: str, data: np.ndarray, keys: list[str], bad: list[str | None],
+                  about: dict[str, str]) -> None:  # fmt: skip
     if fmt == "npy":
         with output.open("wb") as f:  # np.save on a name would add ".npy" to one without it
             np.save(f, data)
@@ -67,6 +84,8 @@ def _write_matrix(output: Path, fmt: str, data: np.ndarray, keys: list[str], abo
         with h5py.File(output, "w") as f:
             f.create_dataset("data", data=data)
             f.create_dataset("keys", data=np.asarray(keys, dtype=object), dtype=h5py.string_dtype())
+            f.create_dataset("bad_reason", data=np.asarray([r or "" for r in bad], dtype=object),
+                             dtype=h5py.string_dtype())  # fmt: skip
             f.attrs.update(about)
     else:
         import pyarrow as pa
@@ -74,7 +93,8 @@ def _write_matrix(output: Path, fmt: str, data: np.ndarray, keys: list[str], abo
 
         flat = data.reshape(data.shape[0], -1)
         values = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
-        table = pa.table({"row": np.arange(data.shape[0]), "key": keys, "values": values})
+        table = pa.table({"row": np.arange(data.shape[0]), "key": keys, "values": values,
+                          "bad_reason": pa.array(bad, pa.string())})  # fmt: skip
         meta = {
             b"embedstore.shape": json.dumps(list(data.shape)).encode(),
             b"embedstore.dtype": str(data.dtype).encode(),
@@ -140,14 +160,16 @@ class _ImportedDataset:
 
 def read_matrix(
     path: str | Path, keys_file: str | Path | None = None, h5_dataset: str = "data"
-) -> tuple[np.ndarray, list[str]]:
-    """Read an ``[N, ...]`` matrix and its N sample keys from ``.npy`` (+ keys file, one per line),
-    ``.h5`` (datasets ``data`` and ``keys``, or a keys file) or Parquet written by ``export_array``."""
+) -> tuple[np.ndarray, list[str], dict[str, str]]:
+    """Read an ``[N, ...]`` matrix, its N sample keys and ``{key: reason}`` of the rows it flags as bad
+    from ``.npy`` (+ keys file, one per line), ``.h5`` (datasets ``data``, ``keys`` and optionally
+    ``bad_reason``, or a keys file) or Parquet written by ``export_array``."""
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"no such file: {path}")
     fmt = _format_of(path, None)
     keys: list[str] | None = None
+    bad: list[str | None] | None = None
     try:
         if fmt == "npy":
             with path.open("rb") as f:
@@ -163,8 +185,10 @@ def read_matrix(
                 data = f[h5_dataset][...]
                 if "keys" in f and keys_file is None:
                     keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["keys"][...]]
+                if "bad_reason" in f:
+                    bad = [(r.decode() if isinstance(r, bytes) else str(r)) or None for r in f["bad_reason"][...]]
         else:
-            data, keys = _read_parquet(path, with_keys=keys_file is None)
+            data, keys, bad = _read_parquet(path, with_keys=keys_file is None)
     except (OSError, ValueError) as exc:
         raise StoreError(f"cannot read {path}: {exc}") from None
     if keys_file is not None:
@@ -177,12 +201,15 @@ def read_matrix(
         raise StoreError(f"{path} has {data.shape[0] if data.ndim else 0} rows but {len(keys)} keys were given")
     if len(set(keys)) != len(keys):
         raise StoreError(f"duplicate sample keys in the keys for {path}")
-    return data, keys
+    if bad is not None and len(bad) != len(keys):
+        raise StoreError(f"{path} flags {len(bad)} rows as bad or good but holds {len(keys)} rows")
+    return data, keys, {key: reason for key, reason in zip(keys, bad or []) if reason}
 
 
-def _read_parquet(path: Path, with_keys: bool) -> tuple[np.ndarray, list[str] | None]:
-    """The ``values`` column (one equal-length list of numbers per row) and, ``with_keys``, the ``key``
-    column of a Parquet file as `export_array` writes it; anything else is one StoreError naming it."""
+def _read_parquet(path: Path, with_keys: bool) -> tuple[np.ndarray, list[str] | None, list[str | None] | None]:
+    """The ``values`` column (one equal-length list of numbers per row), ``with_keys`` the ``key``
+    column and the ``bad_reason`` column when there is one, of a Parquet file as `export_array` writes
+    it; anything else is one StoreError naming it."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -212,7 +239,8 @@ def _read_parquet(path: Path, with_keys: bool) -> tuple[np.ndarray, list[str] | 
     if b"embedstore.dtype" in meta:
         data = data.astype(meta[b"embedstore.dtype"].decode(), copy=False)
     keys = [str(k) for k in table.column("key").to_pylist()] if with_keys else None
-    return data, keys
+    bad = table.column("bad_reason").to_pylist() if "bad_reason" in table.column_names else None
+    return data, keys, bad
 
 
 def import_array(
@@ -239,29 +267,40 @@ def import_array(
     if any(info.status == "complete" for info in store.list_arrays(dataset, model, name)):  # a partial one resumes
         raise StoreError(f"{name} of model {model} on dataset {dataset} is already in store {store.path}: remove it "
                          f"with `embedstore rm --dataset {dataset} --model {model} --array {name}` to import it anew")  # fmt: skip
-    data, keys = read_matrix(path, keys_file, h5_dataset)
+    data, keys, bad = read_matrix(path, keys_file, h5_dataset)
     if str(data.dtype) not in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool"):
         raise StoreError(f"{path} holds dtype {data.dtype}, which a store cannot keep")
     check_importable(store, model, name, path, data, keys)
     with dataset_locks(store.path, [dataset], doing="embedstore import"):
-        return _write_import(store, dataset, model, name, Path(path), data, keys)
+        return _write_import(store, dataset, model, name, Path(path), data, keys, bad)
 
 
 def _write_import(
-    store: Store, dataset: str, model: str, name: str, path: Path, data: np.ndarray, keys: list[str]
-) -> tuple[int, ...]:
-    """Register what the import needs and write the rows in the dataset's sample order (lock held)."""
+    store: Store, dataset: str, model: str, name: str, path: Path, data: np.ndarray, keys: list[str],
+    bad: Mapping[str, str],
+) -> tuple[int, ...]:  # fmt: skip
+    """Register what the import needs and write the rows in the dataset's sample order (lock held).
+    ``caption_emb`` rows are captions, keyed ``SAMPLE_KEY#j`` (the j-th caption of a sample, as
+    export writes them), of a caption dataset the store already has."""
     known = store.query("SELECT name FROM datasets WHERE name = ?", [dataset])
+    captions = name == "caption_emb"
+    if captions and (not known or not store.dataset_info(dataset)["n_captions"]):
+        raise StoreError(f"caption_emb rows are captions of a caption dataset, and store {store.path} has "
+                         f"{'no dataset' if not known else 'no captions of dataset'} {dataset}: extract the caption "
+                         "set first (its captions come from its manifest or shards)")  # fmt: skip
     if not known:
         samples = [_ImportedSample(row=i, key=k) for i, k in enumerate(keys)]
         store.register_dataset(_ImportedDataset(name=dataset, samples=samples, source=path.name))
-    table = store.sample_table(dataset)
-    position = {str(k): i for i, k in enumerate(table["key"])}
+    ids = _row_keys(store, dataset, name, 0) if captions else [str(k) for k in store.sample_table(dataset)["key"]]
+    position = {k: i for i, k in enumerate(ids)}
+    what = "captions (SAMPLE_KEY#j)" if captions else "samples"
     missing = [k for k in keys if k not in position]
     if missing:
-        raise StoreError(f"{len(missing)} key(s) of {path} are not samples of dataset {dataset}, e.g. {missing[0]!r}")
+        raise StoreError(f"{len(missing)} key(s) of {path} are not {what} of dataset {dataset}, e.g. {missing[0]!r}")
     if len(keys) != len(position):
-        raise StoreError(f"{path} has {len(keys)} rows but dataset {dataset} has {len(position)} samples")
+        raise StoreError(f"{path} has {len(keys)} rows but dataset {dataset} has {len(position)} {what}")
+    if captions:
+        bad = {}  # a caption's image is what is bad, and the image's own row says so
     order = np.asarray([position[k] for k in keys])
     rows = np.empty_like(data)
     rows[order] = data
@@ -283,6 +322,8 @@ def _write_import(
     for i in arr.missing_chunks():
         start, stop = arr.chunk_bounds(i)
         arr.write_chunk(i, rows[start:stop])
+    if bad:  # before the array is complete, as an extraction records its bad samples
+        store.record_bad_samples(dataset, sorted((position[key], key, reason) for key, reason in bad.items()))
     store.update_array_progress(dataset, model, name)
     return tuple(rows.shape)
 
