@@ -18,8 +18,9 @@ from embedstore_cli.options import echo_skipped, json_option, models_option, pri
 )
 @click.option("--eval", "eval_datasets", multiple=True,
               help="Further dataset (or glob) in the training label space to score; repeatable.")  # fmt: skip
-@click.option("--split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
-              help="Fraction of the training dataset's rows to fit on (the rest are test rows).")  # fmt: skip
+@click.option("--split", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Fraction of the training dataset's rows to fit on (the rest are test rows); 1 fits on every "
+                   "row and scores only the --eval datasets.")  # fmt: skip
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
               help="Fraction of the fitting rows held out to choose the regularisation C.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the row split and the solver.")

@@ -184,14 +184,18 @@ def _lonely_dataset(store) -> str:
         (["--model", CLIP, "--score", "knn", "--bank", "shapes-v2", "--split", "0.3"], "not both"),
         (["--model", CLIP, "--score", "msp", "--ood", "shapes"], "both the ID dataset and an OOD dataset"),
         (["--model", CLIP, "--score", "mahalanobis", "--bank", "shapes-captions"], "has none"),
-        (["--model", CLIP, "--score", "msp", "--bank", "shapes-v2"],
-         "--bank chooses the ID bank of the knn and mahalanobis scores, and no --score is one of them"),
+        (
+            ["--model", CLIP, "--score", "msp", "--bank", "shapes-v2"],
+            "--bank chooses the ID bank of the knn and mahalanobis scores, and no --score is one of them",
+        ),
         (["--model", CLIP, "--score", "mcm", "--split", "0.3"], "--split chooses the ID bank of the knn"),
         (["--model", CLIP, "--score", "energy", "--seed", "1"], "--seed chooses the ID bank of the knn"),
         (["--model", CLIP, "--score", "mahalanobis", "--k", "5"], "--k is the neighbour rank of the knn score"),
         (["--model", CLIP, "--score", "knn", "--bank", "shapes-v2", "--seed", "1"], "with --bank nothing is drawn"),
-        (["--model", CLASSIFIER, "--score", "msp", "--prompts", "default"],
-         "--prompts chooses the prompt set of CLIP models' logit scores and mcm"),
+        (
+            ["--model", CLASSIFIER, "--score", "msp", "--prompts", "default"],
+            "--prompts chooses the prompt set of CLIP models' logit scores and mcm",
+        ),
         (["--model", CLIP, "--score", "knn", "--prompts", "default"], "--prompts chooses the prompt set"),
     ],
 )
@@ -239,3 +243,19 @@ def test_nan_in_an_ood_embedding_is_one_line_naming_the_row(tiny_store) -> None:
     assert result.exit_code == 1
     assert "image_emb of model openclip:embedstore-tiny@random:0 on dataset shapes-ood: row 11" in result.output
     assert result.output.count("\n") == 1
+
+
+def test_an_all_zero_embedding_outside_bad_samples_is_named_by_its_dataset_row(tiny_store, tmp_path):
+    from imported_classifiers import import_rows
+
+    for dataset in ("shapes", "shapes-ood"):
+        n = len(tiny_store.sample_table(dataset)["key"])
+        emb = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+        if dataset == "shapes":
+            emb[40] = 0.0  # an undecodable image's row that came without its bad flag (an .npy import)
+        import_rows(tiny_store, tmp_path, "imp:emb", dataset, "image_emb", emb)
+    with pytest.raises(AnalysisError, match="image_emb of model imp:emb on dataset shapes: row 40 is all zeros but"):
+        run_ood(tiny_store, ["imp:emb"], "shapes", ["shapes-ood"], ["knn"], OODSettings(k=3))
+    tiny_store.record_bad_samples("shapes", [(40, None, "truncated")])
+    (run,) = run_ood(tiny_store, ["imp:emb"], "shapes", ["shapes-ood"], ["knn"], OODSettings(k=3))
+    assert run.model == "imp:emb"

@@ -183,3 +183,12 @@ def test_cli_table(probe_store):
     header = result.output.splitlines()[0].split()
     assert header == ["model", "best_C", "val_acc1", "n_train", "n_val", "n_test", "acc1@shapes", "acc1@shapes-v2"]
     assert FEATURES in result.output
+
+
+def test_cli_split_one_fits_on_every_row_and_scores_only_the_eval_datasets(probe_store):
+    args = ["--store", str(probe_store.path), "--model", FEATURES, "--train", "shapes", "--split", "1"]
+    refused = CliRunner().invoke(probe_command, args)
+    assert refused.exit_code == 1 and "name at least one dataset to evaluate" in refused.output
+    result = CliRunner().invoke(probe_command, [*args, "--eval", "shapes-v2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].split()[-1] == "acc1@shapes-v2" and "acc1@shapes " not in result.output

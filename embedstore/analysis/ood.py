@@ -60,9 +60,10 @@ _MAHALANOBIS_QUERY_BATCH = 4096
 class OODMetrics:
     """Detection metrics of one ID set against one OOD set, as fractions in [0, 1].
 
-    ``auroc``: area under the ROC curve (= ``roc_auc_score``). ``aupr_in``: average precision with ID
-    positive. ``aupr_out``: average precision with OOD positive. ``fpr95``: false-positive rate at 95%
-    true-positive rate, whose meaning ``positive`` fixes (see the module docstring).
+    ``auroc``: area under the ROC curve (= ``roc_auc_score``). ``aupr_in`` / ``aupr_out``: area under the
+    precision-recall curve with ID / OOD positive: average precision with ``positive="id"``, OpenOOD's
+    trapezoid area with ``positive="ood"``. ``fpr95``: false-positive rate at 95% true-positive rate,
+    whose meaning ``positive`` fixes (see the module docstring).
     """
 
     auroc: float

@@ -214,15 +214,28 @@ def labels_of(store: Store, dataset: str) -> np.ndarray:
 
 
 def read_finite(store: Store, dataset: str, model: str, name: str, rows: np.ndarray | None = None) -> np.ndarray:
-    """An array's ``rows`` (all when None), refusing NaN or infinite entries with the dataset row holding one."""
+    """An array's ``rows`` (all when None), refusing NaN or infinite entries, and all-zero ``image_emb``
+    rows of samples not listed in ``bad_samples`` (no cosine exists for them), with the dataset row."""
     values = (
         store.read_array(dataset, model, name) if rows is None else store.read_array(dataset, model, name, rows=rows)
     )
-    finite = np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
+    flat = values.reshape(values.shape[0], -1)
+    finite = np.isfinite(flat).all(axis=1)
     if not finite.all():
         first = int(np.flatnonzero(~finite)[0])
         row = first if rows is None else int(np.asarray(rows)[first])
         raise AnalysisError(f"{name} of model {model} on dataset {dataset}: row {row} holds NaN or infinite values")
+    if name == "image_emb":
+        zero = ~flat.any(axis=1)
+        if zero.any():
+            at = np.flatnonzero(zero) if rows is None else np.asarray(rows)[zero]
+            unlisted = np.setdiff1d(at, store.bad_rows(dataset))
+            if unlisted.size:
+                raise AnalysisError(
+                    f"{name} of model {model} on dataset {dataset}: row {int(unlisted[0])} is all zeros but is not "
+                    f"in bad_samples, and no cosine exists for it (an undecodable image's row from an imported "
+                    f".npy? import an .h5 or .parquet export, which flags such rows)"
+                )
     return values
 
 
