@@ -201,6 +201,13 @@ def test_a_run_stopped_before_recording_its_bad_samples_leaves_arrays_unreadable
     assert store.read_array("bad", model, "logits").shape[0] == 9
 
 
+def test_templates_a_stopped_prompts_add_did_not_encode_are_pointed_to_prompts_add(store, image_folder):
+    _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP])
+    store.add_prompt_set("shapes", "mine", ["an origami {c}."])  # what prompts add commits before encoding
+    with pytest.raises(StoreError, match=r"encodes 8 templates and the dataset now has 9: a `prompts add` was stopped"):
+        _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP])
+
+
 def test_gpu_decode_path_stays_close_to_the_cpu_path(tmp_path, image_folder):
     cpu, gpu = Store.create(tmp_path / "cpu"), Store.create(tmp_path / "gpu")
     _extract(cpu, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], decode="cpu")

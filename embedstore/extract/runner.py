@@ -443,6 +443,13 @@ def _extract_text(
         # The template list is not in the fingerprint: it only grows (`embedstore prompts add` appends
         # templates and their embeddings) and the T axis of the shape is checked on reopening.
         templates = store.templates(dataset.name)
+        held = store.list_arrays(dataset.name, adapter.model_id, "text_emb")
+        if held and held[0].shape[1] < len(templates):  # templates were added, their embeddings not (yet)
+            raise StoreError(
+                f"text_emb of {adapter.model_id} on {dataset.name} encodes {held[0].shape[1]} templates and the "
+                f"dataset now has {len(templates)}: a `prompts add` was stopped before encoding the new ones for "
+                f"this model; run it again with --model {adapter.model_id} to encode them, then extract"
+            )
         if ranks.is_main:
             report.arrays.append(_text_array(
                 store, dataset, adapter, plan, runtime, ranks, log, "text_emb",
