@@ -135,6 +135,10 @@ def plan_merge(
                     f"(different fingerprints or unfinished): `embedstore rm` it there first to take the copy"
                 )
             plan.skipped.append((info, "already in the destination"))
+            # a saved index an earlier, interrupted merge did not get to copy
+            plan.indexes += [
+                pair for pair in _saved_indexes(destination, source, info) if not sidecar_path(pair[1]).is_file()
+            ]
             continue
         plan.arrays.append(info)
         plan.bytes += source.arrays.tree_bytes(info.path)

@@ -13,6 +13,9 @@ is never read, but it keeps its disk space. Such leftovers come from work that w
   (``embedstore index ls`` shows them as ``no array``), with its sidecar (their folders stay).
 - ``lock file``: a dataset lock file (`embedstore.store.locks`) that no process holds, left by a
   holder that was killed.
+- ``unfinished index write``: under ``STORE/indexes``, the temporary file of an ``index build`` or
+  merge whose process is gone, or an index file without its sidecar (never listed nor loaded) older
+  than `UNFINISHED_INDEX_AGE` seconds (a running build writes the sidecar right after the index).
 
 Every dataset folder is swept while holding that dataset's lock, and the catalog is read again
 under it, so nothing an extraction, merge, import, ``rm`` or ``prompts add`` is writing is touched:
@@ -24,19 +27,23 @@ may be refused once. Files in the arrays tree (anything not a folder) are left a
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from embedstore.errors import StoreError
 from embedstore.evaluate.indexes import INDEXES_DIR, NO_ARRAY, list_saved_indexes
-from embedstore.index.sidecar import sidecar_path
+from embedstore.index.sidecar import PAYLOADS, sidecar_path
 from embedstore.store import Store
 from embedstore.store.locks import LOCK_PREFIX, LOCK_SUFFIX, folder_lock, folder_lock_path, lock_holder
 
 
 @dataclass(frozen=True)
 class Leftover:
-    kind: str  # "array" | "empty folder" | "saved index" | "lock file"
+    kind: str  # "array" | "empty folder" | "saved index" | "lock file" | "unfinished index write"
     path: str  # relative to the arrays root for arrays and folders, to the store for the others
     bytes: int
 
@@ -142,6 +149,32 @@ def _remove_tree(store: Store, sweep: Sweep, kind: str, path: str) -> None:
         store.arrays.delete_prefix(path)
 
 
+UNFINISHED_INDEX_AGE = 600.0
+"""Seconds after which an index file without a sidecar counts as left by a build that was stopped."""
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")  # `write_atomically`: .NAME.PID.tmp
+
+
+def _unfinished_index_write(path: Path) -> bool:
+    """A temporary file whose writer (the pid in its name, on this host) is gone, or an index file
+    (``.faiss`` / ``.npy``) without its sidecar older than `UNFINISHED_INDEX_AGE`."""
+    temporary = _TEMPORARY.match(path.name)
+    if temporary:
+        return not _process_alive(int(temporary.group(1)))
+    if path.suffix.lstrip(".") not in PAYLOADS or sidecar_path(path).is_file():
+        return False
+    return time.time() - path.stat().st_mtime > UNFINISHED_INDEX_AGE
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def _sweep_indexes(store: Store, folder: str, sweep: Sweep) -> None:
     base = store.path / INDEXES_DIR / folder
     if not base.is_dir():
@@ -155,4 +188,10 @@ def _sweep_indexes(store: Store, folder: str, sweep: Sweep) -> None:
         if not sweep.dry_run:
             for f in files:
                 f.unlink()
+    for path in sorted(base.rglob("*")):
+        if path.is_file() and _unfinished_index_write(path):
+            sweep.leftovers.append(Leftover("unfinished index write", str(path.relative_to(store.path)),
+                                            path.stat().st_size))  # fmt: skip
+            if not sweep.dry_run:
+                path.unlink(missing_ok=True)
     # Empty index folders stay: `index build` takes no dataset lock and may be about to write there.

@@ -91,6 +91,11 @@ def test_saved_indexes_go_with_their_arrays(source, tmp_path):
         "flat",
         "current",
     )
+    saved.path.with_name(saved.path.name + ".json").unlink()  # a merge stopped before the sidecar's copy
+    again = merge_stores(destination, source, datasets=["shapes-captions"])
+    assert not again.plan.arrays and len(again.plan.indexes) == 1  # the arrays are there; the index comes again
+    assert [s.status for s in list_saved_indexes(destination, verify=True)] == ["current"]
+    assert not merge_stores(destination, source, datasets=["shapes-captions"]).plan.indexes
 
 
 def test_models_extracted_into_two_stores_come_together(source, tiny_store_template, tmp_path):

@@ -102,3 +102,23 @@ def test_an_error_while_sweeping_is_raised_as_itself_and_releases_the_lock(litte
         sweep_store(littered)
     with dataset_locks(littered.path, ["gone"], doing="embedstore extract"):  # released: taken again at once
         pass
+
+
+def test_unfinished_index_writes_are_removed_once_their_writer_is_gone(littered):
+    import os
+    import time
+
+    build_saved_index(littered, "shapes", "m1", "image_emb", IndexSpec(kind="flat"), device="cpu")
+    folder = next(p.parent for p in (littered.path / "indexes").rglob("image_emb.flat.*.json") if "m1" in str(p))
+    dead = folder / ".image_emb.ivf.faiss.99999999.tmp"  # a build killed while writing
+    running = folder / f".image_emb.hnsw.faiss.{os.getpid()}.tmp"  # a build writing now
+    old = folder / "image_emb.ivf.faiss"  # an index whose sidecar never came (stopped between the two)
+    fresh = folder / "image_emb.hnsw.npy"  # a build about to write its sidecar
+    for path in (dead, running, old, fresh):
+        path.write_bytes(b"faiss")
+    hours_ago = time.time() - 7200
+    os.utime(old, (hours_ago, hours_ago))
+    found = {x.path.rsplit("/", 1)[1] for x in sweep_store(littered).leftovers if x.kind == "unfinished index write"}
+    assert found == {dead.name, old.name}
+    assert not dead.exists() and not old.exists() and running.exists() and fresh.exists()
+    assert [s.kind for s in list_saved_indexes(littered)] == ["flat"]  # the finished index stays

@@ -147,6 +147,9 @@ class NNIndex:
             built_with=self.backend,
             versions=_library_versions(self._searcher.payload),
         )
+        # The old sidecar goes first: stopped between the two writes, the new index has no sidecar (not
+        # listed, not loaded; `embedstore gc` removes it) rather than an old one that misdescribes it.
+        sidecar_path(path).unlink(missing_ok=True)
         write_atomically(path, self._searcher.write)
         write_atomically(sidecar_path(path), lambda p: p.write_text(sidecar.to_json()))
         return path
