@@ -566,6 +566,9 @@ def test_plot_command_writes_one_figure(study_store, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert out.read_text().lstrip().startswith("<?xml") and "<svg" in out.read_text()
+    again = tmp_path / "fig" / "again.svg"
+    CliRunner().invoke(plot_command, ["ood", "--store", str(store.path), "--out", str(again), "--ood-score", "mcm"])
+    assert "clip-path" in out.read_text() and again.read_bytes() == out.read_bytes()  # no random ids
     png = tmp_path / "cal.png"
     result = CliRunner().invoke(plot_command, ["calibration", "--store", str(store.path), "--out", str(png)])
     assert result.exit_code == 0, result.output

@@ -187,7 +187,9 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     fmt = figure_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format=fmt, dpi=PNG_DPI, metadata=_file_metadata(fmt))
+    # A fixed salt for the SVG ids matplotlib draws at random (clip paths): the same data, the same bytes.
+    with matplotlib.rc_context({"svg.hashsalt": "embedstore"}):
+        figure.savefig(path, format=fmt, dpi=PNG_DPI, metadata=_file_metadata(fmt))
     return path
 
 

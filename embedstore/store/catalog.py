@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
@@ -180,8 +181,10 @@ class Catalog:
                 if not _is_lock_error(exc):
                     raise StoreError(f"cannot open catalog {self.path}: {exc}") from None
                 if time.monotonic() >= deadline:
+                    holder = re.search(r"\(PID (\d+)\)", str(exc))  # DuckDB names the holder on the same host
+                    who = f" (process {holder.group(1)})" if holder else ""
                     raise StoreError(
-                        f"catalog {self.path} is locked by another process writing to it; "
+                        f"catalog {self.path} is locked by another process writing to it{who}; "
                         f"gave up after {self.lock_timeout:.0f} s (set EMBEDSTORE_LOCK_TIMEOUT to wait longer)"
                     ) from None
                 time.sleep(delay * (1.0 + random.random()))

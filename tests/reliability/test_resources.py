@@ -166,7 +166,7 @@ def test_ls_against_a_lock_held_too_long_fails_with_one_line(tmp_path):
         holder.kill()
         holder.wait()
     assert code == 1 and len(output.strip().splitlines()) == 1, output
-    assert "is locked by another process writing to it; gave up after" in output
+    assert f"is locked by another process writing to it (process {holder.pid}); gave up after" in output
     assert "EMBEDSTORE_LOCK_TIMEOUT" in output
     assert _ls(path)[0] == 0
 
