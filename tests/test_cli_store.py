@@ -194,8 +194,11 @@ def test_import_refuses_what_analyses_could_not_use_and_registers_nothing(run, t
                 "(SELECT count(*) FROM arrays) AS a", "--format", "json").output  # fmt: skip
     assert after == before
     np.save(tmp_path / "wide.npy", wide)
-    run("import", "--dataset", "ds", "--model", "m-wide", "--array", "caption_emb", tmp_path / "wide.npy",
+    run("import", "--dataset", "ds", "--model", "m-wide", "--array", "image_emb", tmp_path / "wide.npy",
         "--keys", tmp_path / "keys.txt")  # fmt: skip
+    refused = run("import", "--dataset", "ds", "--model", "m-wide", "--array", "caption_emb", tmp_path / "wide.npy",
+                  "--keys", tmp_path / "keys.txt", ok=False)  # fmt: skip
+    assert "caption_emb rows are captions of a caption dataset, and store" in refused.output
 
 
 def test_import_refuses_unusable_files_names_and_ids_in_one_line(run, tmp_path, matrix):
