@@ -52,7 +52,7 @@ import pyarrow as pa
 from embedstore.errors import StoreError
 from embedstore.evaluate.indexes import index_path, saved_index_path
 from embedstore.index import INDEX_KINDS
-from embedstore.index.sidecar import sidecar_path
+from embedstore.index.sidecar import sidecar_path, write_atomically
 from embedstore.store import ArrayInfo, Store, stored_model_id
 from embedstore.store.locks import dataset_locks
 from embedstore.store.store import arrow_table, insert_arrow, same_result_key
@@ -135,10 +135,11 @@ def plan_merge(
                     f"(different fingerprints or unfinished): `embedstore rm` it there first to take the copy"
                 )
             plan.skipped.append((info, "already in the destination"))
-            # a saved index an earlier, interrupted merge did not get to copy
-            plan.indexes += [
+            missing = [
                 pair for pair in _saved_indexes(destination, source, info) if not sidecar_path(pair[1]).is_file()
             ]
+            if missing and _same_chunks(destination, ours, source, info):
+                plan.indexes += missing  # saved indexes an earlier, interrupted merge did not get to copy
             continue
         plan.arrays.append(info)
         plan.bytes += source.arrays.tree_bytes(info.path)
@@ -157,13 +158,21 @@ def _saved_indexes(destination: Store, source: Store, info: ArrayInfo) -> list[t
     return pairs
 
 
+def _same_chunks(destination: Store, ours: ArrayInfo, source: Store, theirs: ArrayInfo) -> bool:
+    """Whether two arrays with the same fingerprints also hold the same bytes (their chunk markers'
+    CRC-32s agree): extractions with equal fingerprints can differ in the last bits (batch size, thread
+    count, device), and an index of the one is stale for the other."""
+    mine, other = destination.arrays.open_array(ours.path), source.arrays.open_array(theirs.path)
+    return mine.chunk_rows == other.chunk_rows and mine.chunk_crcs() == other.chunk_crcs()
+
+
 def _copy_saved_indexes(plan: MergePlan) -> None:
-    """Copy each saved index, then its sidecar: an index is listed and loaded through its sidecar, so
-    a copy cut short is never taken for an index."""
+    """Copy each saved index, then its sidecar, each through a temporary name: an index is listed and
+    loaded through its sidecar, so a copy cut short is never taken for an index."""
     for found, target in plan.indexes:
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(found, target)
-        shutil.copyfile(sidecar_path(found), sidecar_path(target))
+        write_atomically(target, lambda path, source=found: shutil.copyfile(source, path))
+        write_atomically(sidecar_path(target), lambda path, source=sidecar_path(found): shutil.copyfile(source, path))
 
 
 def _check_templates(destination: Store, source: Store, dataset: str, plan: MergePlan) -> None:

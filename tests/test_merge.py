@@ -3,6 +3,7 @@ anything is written; a failed merge leaves the destination as it was."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -96,6 +97,12 @@ def test_saved_indexes_go_with_their_arrays(source, tmp_path):
     assert not again.plan.arrays and len(again.plan.indexes) == 1  # the arrays are there; the index comes again
     assert [s.status for s in list_saved_indexes(destination, verify=True)] == ["current"]
     assert not merge_stores(destination, source, datasets=["shapes-captions"]).plan.indexes
+    # Equal fingerprints, other bytes (another batch size, say): the source's index would be stale here.
+    saved.path.with_name(saved.path.name + ".json").unlink()
+    marker = destination.path / "arrays.zarr" / destination.list_arrays("shapes-captions", CLIP, "image_emb")[0].path
+    marker = marker / "done" / "0"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "crc32": 1}))
+    assert not plan_merge(destination, source, datasets=["shapes-captions"]).indexes
 
 
 def test_models_extracted_into_two_stores_come_together(source, tiny_store_template, tmp_path):
