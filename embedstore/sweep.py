@@ -14,8 +14,8 @@ is never read, but it keeps its disk space. Such leftovers come from work that w
 - ``lock file``: a dataset lock file (`embedstore.store.locks`) that no process holds, left by a
   holder that was killed.
 - ``unfinished index write``: under ``STORE/indexes``, the temporary file of an ``index build`` or
-  merge whose process is gone, or an index file without its sidecar (never listed nor loaded) older
-  than `UNFINISHED_INDEX_AGE` seconds (a running build writes the sidecar right after the index).
+  merge whose process is gone, or an index file without its sidecar (never listed nor loaded), once
+  older than `UNFINISHED_INDEX_AGE` seconds (a running build writes the sidecar right after the index).
 
 Every dataset folder is swept while holding that dataset's lock, and the catalog is read again
 under it, so nothing an extraction, merge, import, ``rm`` or ``prompts add`` is writing is touched:
@@ -155,14 +155,15 @@ _TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")  # `write_atomically`: .NAME.PID.
 
 
 def _unfinished_index_write(path: Path) -> bool:
-    """A temporary file whose writer (the pid in its name, on this host) is gone, or an index file
-    (``.faiss`` / ``.npy``) without its sidecar older than `UNFINISHED_INDEX_AGE`."""
+    """A temporary file whose writer (the pid in its name) is not running on this host, or an index
+    file (``.faiss`` / ``.npy``) without its sidecar; either older than `UNFINISHED_INDEX_AGE` (a
+    writer on another host sharing the store, or a pid reused, is given that long)."""
+    if time.time() - path.stat().st_mtime <= UNFINISHED_INDEX_AGE:
+        return False
     temporary = _TEMPORARY.match(path.name)
     if temporary:
         return not _process_alive(int(temporary.group(1)))
-    if path.suffix.lstrip(".") not in PAYLOADS or sidecar_path(path).is_file():
-        return False
-    return time.time() - path.stat().st_mtime > UNFINISHED_INDEX_AGE
+    return path.suffix.lstrip(".") in PAYLOADS and not sidecar_path(path).is_file()
 
 
 def _process_alive(pid: int) -> bool:

@@ -201,10 +201,10 @@ def test_a_run_stopped_before_recording_its_bad_samples_leaves_arrays_unreadable
     assert store.read_array("bad", model, "logits").shape[0] == 9
 
 
-def test_templates_a_stopped_prompts_add_did_not_encode_are_pointed_to_prompts_add(store, image_folder):
+def test_templates_added_since_the_text_was_encoded_are_pointed_to_prompts_add(store, image_folder):
     _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP])
     store.add_prompt_set("shapes", "mine", ["an origami {c}."])  # what prompts add commits before encoding
-    with pytest.raises(StoreError, match=r"encodes 8 templates and the dataset now has 9: a `prompts add` was stopped"):
+    with pytest.raises(StoreError, match=r"encodes 8 templates and the dataset now has 9: encode the new ones with"):
         _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP])
 
 

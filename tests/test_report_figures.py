@@ -422,6 +422,9 @@ def test_the_id_dataset_is_the_one_most_models_have_and_split_calibration_names_
     for model in (clip, other):
         for dataset in ("shapes", "shapes-v2"):
             tiny_store.put_results("zeroshot", [("acc1", 0.5)], params=zs, model=model, dataset=dataset)
+    for prompts in ("a", "b", "c"):  # one model's runs under three more prompt sets: still one model
+        tiny_store.put_results("zeroshot", [("acc1", 0.5)], params={**zs, "prompt_set": prompts}, model=clip,
+                               dataset="shapes-v2")  # fmt: skip
     split = {**zs, "fit_dataset": "shapes-v2", "fit_split": 0.5, "seed": 0}  # fitted on the evaluated set
     for seed in range(3):  # reruns and bins multiply rows, not models
         tiny_store.put_results("calibration", [(f"reliability_count@bin:{b}", 1.0) for b in range(15)],

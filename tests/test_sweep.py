@@ -117,8 +117,11 @@ def test_unfinished_index_writes_are_removed_once_their_writer_is_gone(littered)
     for path in (dead, running, old, fresh):
         path.write_bytes(b"faiss")
     hours_ago = time.time() - 7200
-    os.utime(old, (hours_ago, hours_ago))
+    for path in (dead, running, old):
+        os.utime(path, (hours_ago, hours_ago))
+    young = folder / ".image_emb.flat.faiss.99999998.tmp"  # another host's writer, say: given time
+    young.write_bytes(b"faiss")
     found = {x.path.rsplit("/", 1)[1] for x in sweep_store(littered).leftovers if x.kind == "unfinished index write"}
     assert found == {dead.name, old.name}
-    assert not dead.exists() and not old.exists() and running.exists() and fresh.exists()
+    assert not dead.exists() and not old.exists() and running.exists() and fresh.exists() and young.exists()
     assert [s.kind for s in list_saved_indexes(littered)] == ["flat"]  # the finished index stays

@@ -140,9 +140,9 @@ def run_zeroshot(
                 ]
             store.put_results("zeroshot", metrics, params=params, model=model, dataset=dataset)
             rows.append(ZeroShotRow(model, dataset, label, result))
-    skipped.update(
-        {model: f"its head does not fit the classes of {', '.join(names)}" for model, names in unfit.items()}
-    )
+    for model, names in unfit.items():
+        reason = f"its head does not fit the classes of {', '.join(names)}"
+        skipped[model] = f"{skipped[model]}; {reason}" if model in skipped else reason
     if not rows:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
         raise AnalysisError(f"no model and dataset selected can be scored ({reasons})")

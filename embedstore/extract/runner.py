@@ -444,11 +444,11 @@ def _extract_text(
         # templates and their embeddings) and the T axis of the shape is checked on reopening.
         templates = store.templates(dataset.name)
         held = store.list_arrays(dataset.name, adapter.model_id, "text_emb")
-        if held and held[0].shape[1] < len(templates):  # templates were added, their embeddings not (yet)
-            raise StoreError(
+        if held and held[0].status == "complete" and held[0].shape[1] < len(templates):
+            raise StoreError(  # templates were added since (prompts add --model for other models, or stopped)
                 f"text_emb of {adapter.model_id} on {dataset.name} encodes {held[0].shape[1]} templates and the "
-                f"dataset now has {len(templates)}: a `prompts add` was stopped before encoding the new ones for "
-                f"this model; run it again with --model {adapter.model_id} to encode them, then extract"
+                f"dataset now has {len(templates)}: encode the new ones with `embedstore prompts add --dataset "
+                f"{dataset.name} --model {adapter.model_id}` and the templates, then extract"
             )
         if ranks.is_main:
             report.arrays.append(_text_array(

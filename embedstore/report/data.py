@@ -319,9 +319,9 @@ def choose_id_dataset(
         counts = _models_per_value(r for r in results if r.analysis == analysis and pick(r) in datasets)(pick)
         if counts:
             return _most_common(counts), reason
-    counts = Counter(
-        r.dataset for r in results if r.analysis == "zeroshot" and r.metric == ACC1 and r.dataset in datasets
-    )
+    counts = _models_per_value(
+        r for r in results if r.analysis == "zeroshot" and r.metric == ACC1 and r.dataset in datasets
+    )(lambda r: r.dataset)
     if counts:
         best = max(counts, key=lambda d: (counts[d], datasets[d]["n_samples"], d))
         return best, "the dataset with zero-shot accuracy for the most models"
