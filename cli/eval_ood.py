@@ -6,7 +6,7 @@ import click
 
 from embedstore.evaluate.ood import DEFAULT_K, SCORES, OODSettings, run_ood
 from embedstore.store import Store
-from embedstore_cli.options import json_option, models_option, print_rows, store_option, user_errors
+from embedstore_cli.options import echo_skipped, json_option, models_option, print_rows, store_option, user_errors
 
 TABLE_COLUMNS = ["model", "id", "ood", "score", "positive", "auroc", "aupr_in", "aupr_out", "fpr95", "n_id", "n_ood"]
 
@@ -41,6 +41,8 @@ def ood_command(store_path: str, models: tuple[str, ...], id_dataset: str, ood_d
     embedstore eval ood --model 'openclip:*' --id imagenet --ood inaturalist --ood textures --score mcm --score energy
     embedstore eval ood --model M --id imagenet --ood places --score knn --k 50 --bank imagenet-train-subset
     """
+    skipped: dict[str, str] = {}
     runs = run_ood(Store.open(store_path, readonly=False), models, id_dataset, ood_datasets, scores,
-                   OODSettings(**settings))  # fmt: skip
+                   OODSettings(**settings), skipped)  # fmt: skip
+    echo_skipped(skipped)
     print_rows([row for run in runs for row in run.table_rows()], TABLE_COLUMNS, as_json)

@@ -117,6 +117,26 @@ def skips_unfinished(
     return reason is not None
 
 
+def drop_unfinished(
+    store: Store,
+    models: Sequence[str],
+    patterns: Sequence[str] | None,
+    datasets: Sequence[str],
+    skipped: dict[str, str],
+) -> list[str]:
+    """The models with no unfinished array on any of ``datasets`` (`unfinished_arrays`), in order;
+    those left out are noted in ``skipped``. A model named exactly in ``patterns`` is kept (reading
+    it fails with the cause); ``patterns`` None: every model was chosen by a condition, not named."""
+    return [
+        model
+        for model in models
+        if not any(
+            skips_unfinished(store, model, dataset, patterns is not None and named_explicitly(model, patterns), skipped)
+            for dataset in datasets
+        )
+    ]
+
+
 def head_mismatch(outputs: int, dataset_info: dict[str, Any]) -> str | None:
     """Why a classifier head of ``outputs`` logits cannot be scored on a dataset, or None when it can:
     a dataset with a ``class_subset`` slices the head to those columns, so each must be below

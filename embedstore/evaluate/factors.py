@@ -57,7 +57,7 @@ from embedstore.analysis.robustness import (
     MIN_MODELS_FOR_TREND,
 )
 from embedstore.errors import AnalysisError
-from embedstore.evaluate.common import eval_data, head_fits, resolve_models, stores_results_together
+from embedstore.evaluate.common import drop_unfinished, eval_data, head_fits, resolve_models, stores_results_together
 from embedstore.evaluate.robustness import drop_unscorable, select_models_where
 from embedstore.store import Store
 
@@ -187,11 +187,13 @@ def run_factors(
         def scorable(model: str) -> bool:
             return head_fits(store, model, dataset)
 
-        selected = drop_unscorable(resolve_models(store, models), models, scorable, reason, skipped)
+        ready = drop_unfinished(store, resolve_models(store, models), models, [dataset], skipped)
+        selected = drop_unscorable(ready, models, scorable, reason, skipped)
         if chosen_reference is None:
             reference_models = list(selected)
         else:
-            reference_models = drop_unscorable(chosen_reference, None, scorable, reason, skipped)
+            ready = drop_unfinished(store, chosen_reference, None, [dataset], skipped)
+            reference_models = drop_unscorable(ready, None, scorable, reason, skipped)
         everyone = selected + [m for m in reference_models if m not in selected]
         factor_rows = DatasetFactors.read(store, dataset, mode)
         tables = {model: _factor_table(store, model, factor_rows, settings) for model in everyone}

@@ -63,6 +63,7 @@ from embedstore.analysis.zeroshot import classifier_weights, zeroshot_cosines
 from embedstore.errors import AnalysisError, EmbedstoreError
 from embedstore.evaluate.common import (
     check_templates_encoded,
+    drop_unfinished,
     labels_of,
     model_kind,
     named_explicitly,
@@ -174,6 +175,7 @@ def run_ood(
     ood_datasets: Sequence[str],
     scores: Sequence[str],
     settings: OODSettings | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> list[OODRun]:
     """Score ``id_dataset`` against every OOD dataset (names or globs) for every model (ids or globs)
     and every score, and record one result set per (model, score).
@@ -182,8 +184,11 @@ def run_ood(
     an ID dataset without classes for the scores that need them, options no chosen score uses,
     arrays not extracted, embedding widths that disagree, a bank that is also the ID or an OOD
     dataset. ``k`` against the bank size and the split fraction are checked when the bank is drawn.
-    Results are written only once every (model, score) has been computed, so a failure writes nothing."""
+    Results are written only once every (model, score) has been computed, so a failure writes nothing.
+    A model a glob matched whose arrays on these datasets are not finished is left out, with the reason
+    put in ``skipped`` when given."""
     settings = settings or OODSettings()
+    skipped = {} if skipped is None else skipped  # models a glob matched whose extraction is not finished
     score_names = _check_scores(scores)
     with store.session():
         model_ids = resolve_models(store, models)
@@ -191,6 +196,12 @@ def run_ood(
         _check_settings(settings, id_name, ood_names, score_names)
         if settings.bank is not None:
             store.dataset_info(settings.bank)
+        roles = [id_name, *ood_names, *([settings.bank] if settings.bank is not None else [])]
+        model_ids = drop_unfinished(store, model_ids, models, roles, skipped)
+        if not model_ids:
+            raise AnalysisError(
+                f"no selected model can be scored yet: {'; '.join(f'{m}: {r}' for m, r in skipped.items())}"
+            )
         plan = _plan(store, model_ids, models, score_names)
         _check_id_classes(store, id_name, plan)
         _check_prompts_used(store, plan, settings)

@@ -30,6 +30,7 @@ import numpy as np
 from embedstore.analysis.probe import DEFAULT_CS, REFIT_SPLITS, ProbeResult, linear_probe
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
+    drop_unfinished,
     has_labelled_classes,
     labels_of,
     named_explicitly,
@@ -214,7 +215,7 @@ def run_probe(
         datasets = [train_dataset, *evaluated]
         skipped: dict[str, str] = {}
         chosen = drop_unscorable(
-            resolve_models(store, models), models,
+            drop_unfinished(store, resolve_models(store, models), models, datasets, skipped), models,
             lambda m: all(store.list_arrays(d, m, "image_emb") for d in datasets),
             f"no image_emb on {', '.join(datasets)}", skipped,
         )  # fmt: skip

@@ -123,7 +123,8 @@ def _pairs(store: Store, models: Sequence[str], datasets: Sequence[str]) -> list
                 continue
             with_captions = {a.model for a in store.list_arrays(dataset=dataset, name=CAPTION_ARRAY)}
             for model in model_ids:
-                if model in with_captions:
+                named = named_explicitly(model, models) and named_explicitly(dataset, datasets)
+                if model in with_captions and not _unfinished_gallery(store, model, dataset, named):
                     pairs.append((model, dataset))
                 elif named_explicitly(model, models) and named_explicitly(dataset, datasets):
                     raise AnalysisError(
@@ -136,6 +137,13 @@ def _pairs(store: Store, models: Sequence[str], datasets: Sequence[str]) -> list
             f"{', '.join(datasets)}"
         )
     return pairs
+
+
+def _unfinished_gallery(store: Store, model: str, dataset: str, named: bool) -> bool:
+    """Whether a pair a glob matched has an ``image_emb`` or ``caption_emb`` whose extraction has not
+    finished (left out; a pair named exactly is kept, so that reading it says so)."""
+    arrays = [*store.list_arrays(dataset, model, IMAGE_ARRAY), *store.list_arrays(dataset, model, CAPTION_ARRAY)]
+    return not named and any(info.status != "complete" for info in arrays)
 
 
 def _evaluate(store: Store, model: str, dataset: str, ks: tuple[int, ...], index: IndexRequest | None) -> RetrievalRow:

@@ -48,6 +48,7 @@ from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
     classifier_logits,
     clip_scores,
+    drop_unfinished,
     head_fits,
     model_kind,
     prompt_indices,
@@ -225,7 +226,7 @@ def run_shape_bias(
             _check_clip_imagenet(store, dataset, clip_imagenet)
         skipped: dict[str, str] = {}
         chosen = drop_unscorable(
-            resolve_models(store, models), models,
+            drop_unfinished(store, resolve_models(store, models), models, [dataset], skipped), models,
             lambda m: decision_route(store, m, dataset, clip_imagenet) is not None,
             f"no decision route on {dataset}", skipped,
         )  # fmt: skip
