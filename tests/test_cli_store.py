@@ -477,17 +477,24 @@ def test_json_output_is_strict_json(capsys):
 
 
 def test_caption_embeddings_round_trip_by_caption_id(tiny_store, tmp_path):
+    import pyarrow.parquet as pq
+
     from embedstore.errors import StoreError
     from embedstore.store.exchange import export_array, import_array
 
     clip = "openclip:embedstore-tiny@random:0"
     export_array(tiny_store, "shapes-captions", clip, "caption_emb", tmp_path / "cap.parquet")
-    import_array(tiny_store, "shapes-captions", "imp:cap", "caption_emb", tmp_path / "cap.parquet")
+    with h5py.File(tmp_path / "shuffled.h5", "w") as f:  # rows in another order: placed by caption id
+        table = pq.read_table(tmp_path / "cap.parquet")
+        order = np.random.default_rng(0).permutation(table.num_rows)
+        f["data"] = np.stack(table.column("values").to_numpy(zero_copy_only=False))[order].astype(np.float16)
+        f["keys"] = np.asarray(table.column("key").to_pylist(), dtype=object)[order].astype("S")
+    import_array(tiny_store, "shapes-captions", "imp:cap", "caption_emb", tmp_path / "shuffled.h5")
     np.testing.assert_array_equal(
         tiny_store.read_array("shapes-captions", "imp:cap", "caption_emb"),
         tiny_store.read_array("shapes-captions", clip, "caption_emb"),
     )
     with pytest.raises(StoreError, match="caption_emb rows are captions of a caption dataset, and store .* has no "
                                          "dataset elsewhere"):  # fmt: skip
-        import_array(tiny_store, "elsewhere", "imp:cap", "caption_emb", tmp_path / "cap.parquet")
+        import_array(tiny_store, "elsewhere", "imp:cap", "caption_emb", tmp_path / "shuffled.h5")
     assert not tiny_store.query("SELECT * FROM datasets WHERE name = 'elsewhere'")
