@@ -121,18 +121,7 @@ def test_an_output_path_that_cannot_be_written_is_one_line(run, tmp_path, matrix
 def test_import_places_rows_by_key(run, tmp_path, matrix):
     data, keys = matrix
     run("init")
-    run(
-        "import",
-        "--dataset",
-        "ds",
-        "--model",
-        "m1",
-        "--array",
-        "image_emb",
-        tmp_path / "emb.npy",
-        "--keys",
-        tmp_path / "keys.txt",
-    )
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt")
     perm = np.random.default_rng(1).permutation(50)
     np.save(tmp_path / "shuffled.npy", data[perm])
     (tmp_path / "shuffled.txt").write_text("\n".join(keys[i] for i in perm))
@@ -158,6 +147,7 @@ def test_import_errors_are_one_line(run, tmp_path, matrix):
         assert result.exit_code == 1 and f"array name {bad_name!r}" in result.output
     for table in ("models", "datasets"):
         assert run("sql", f"SELECT count(*) AS n FROM {table}", "--format", "json").output.count('"n": 0') == 1
+
 
 
 def test_import_refuses_what_analyses_could_not_use_and_registers_nothing(run, tmp_path, matrix):
@@ -200,7 +190,6 @@ def test_import_refuses_what_analyses_could_not_use_and_registers_nothing(run, t
                   "--keys", tmp_path / "keys.txt", ok=False)  # fmt: skip
     assert "caption_emb rows are captions of a caption dataset, and store" in refused.output
 
-
 def test_import_refuses_unusable_files_names_and_ids_in_one_line(run, tmp_path, matrix):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -218,12 +207,7 @@ def test_import_refuses_unusable_files_names_and_ids_in_one_line(run, tmp_path, 
     (tmp_path / "text.npy").write_text("not numpy\n")
     cases = [
         ("no-values.parquet", "image_emb", "m", "needs the columns values, key (one list of numbers per row"),
-        (
-            "strings.parquet",
-            "image_emb",
-            "m",
-            "column values holds list<element: string>; it must hold one list of numbers",
-        ),
+        ("strings.parquet", "image_emb", "m", "column values holds list<element: string>; it must hold one list of numbers"),
         ("ragged.parquet", "image_emb", "m", "row 7 of column values is 1 long, row 0 2"),
         ("null-row.parquet", "image_emb", "m", "row 3 of column values is empty (null)"),
         ("text.npy", "image_emb", "m", "text.npy is not a .npy file"),
@@ -296,36 +280,13 @@ def test_export_and_sql_write_only_where_asked_and_never_into_the_store(run, tmp
         result = run(*args, ok=False)
         assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
     assert (tmp_path / "store" / "catalog.duckdb").read_bytes() == catalog and not (tmp_path / "missing").exists()
-    run(
-        "export",
-        "--dataset",
-        "ds",
-        "--model",
-        "m1",
-        "--array",
-        "image_emb",
-        "-o",
-        tmp_path / "emb.bin",
-        "--format",
-        "npy",
-    )
+    run("export", "--dataset", "ds", "--model", "m1", "--array", "image_emb", "-o", tmp_path / "emb.bin", "--format", "npy")
     assert (tmp_path / "emb.bin").read_bytes() == (tmp_path / "emb.npy").read_bytes()
 
 
 def test_ls_and_sql_formats(run, tmp_path, matrix):
     run("init")
-    run(
-        "import",
-        "--dataset",
-        "ds",
-        "--model",
-        "m1",
-        "--array",
-        "image_emb",
-        tmp_path / "emb.npy",
-        "--keys",
-        tmp_path / "keys.txt",
-    )
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt")
     listing = json.loads(run("ls", "--json").output)
     assert listing["arrays"][0] | {} == listing["arrays"][0]
     assert listing["arrays"][0]["rows_done"] == 50 and listing["arrays"][0]["status"] == "complete"
@@ -371,9 +332,7 @@ def test_verify_finds_damaged_chunks_and_lost_markers(run, tmp_path, matrix):
     assert result.exit_code == 1
     checks = {c["model"]: c for c in json.loads(result.stdout)}
     assert (checks["m1"]["status"], checks["m1"]["bad_chunks"]) == ("damaged", [0])
-    assert (
-        checks["m2"]["status"] == "damaged" and "catalog says complete but only 0 of 50 rows" in checks["m2"]["detail"]
-    )
+    assert checks["m2"]["status"] == "damaged" and "catalog says complete but only 0 of 50 rows" in checks["m2"]["detail"]
     assert checks["m3"]["status"] == "ok"
     assert "Error: 2 of 3 array(s) damaged: remove each with `embedstore rm" in result.stderr
     assert run("verify", "--model", "m3").exit_code == 0
@@ -383,18 +342,7 @@ def test_verify_finds_damaged_chunks_and_lost_markers(run, tmp_path, matrix):
 
 def test_rm_deletes_arrays(run, tmp_path, matrix):
     run("init")
-    run(
-        "import",
-        "--dataset",
-        "ds",
-        "--model",
-        "m1",
-        "--array",
-        "image_emb",
-        tmp_path / "emb.npy",
-        "--keys",
-        tmp_path / "keys.txt",
-    )
+    run("import", "--dataset", "ds", "--model", "m1", "--array", "image_emb", tmp_path / "emb.npy", "--keys", tmp_path / "keys.txt")
     missing = run("rm", "--model", "m*", "--yes", ok=False)
     assert missing.exit_code == 1 and "no array matches --model m* (exact names, not globs)" in missing.output
     assert "--model values with arrays: m1" in missing.output
@@ -412,14 +360,11 @@ def test_rm_takes_the_saved_indexes_along_and_waits_for_no_extraction(run, tmp_p
     assert len(list(indexes.rglob("*.json"))) == 2
     with dataset_locks(tmp_path / "store", ["ds"], doing="embedstore extract"):
         refused = run("rm", "--model", "m1", "--yes", ok=False)
-    assert (
-        refused.exit_code == 1
-        and "dataset ds of store" in refused.output
-        and "is being written by process" in refused.output
-    )
+    assert refused.exit_code == 1 and "dataset ds of store" in refused.output and "is being written by process" in refused.output
     assert len(json.loads(run("ls", "--json").output)["arrays"]) == 2 and len(list(indexes.rglob("*.json"))) == 2
     assert "deleted 1 array(s) and 1 saved index(es)" in run("rm", "--model", "m1", "--yes").output
     assert [p.parent.name for p in indexes.rglob("*.json")] == ["m2"]
+
 
 
 def test_rm_counts_the_results_of_the_removed_pairs_and_deletes_them_when_asked(run, tmp_path, matrix):
@@ -447,7 +392,6 @@ def test_rm_counts_the_results_of_the_removed_pairs_and_deletes_them_when_asked(
     late = run("rm", "--model", "m1", "--dataset", "ds", "--results", "--yes").output
     assert late == "deleted 2 result row(s) of m1 on ds\n" and results_of("m1") == 0
     assert "no array matches" in run("rm", "--model", "m1", "--dataset", "ds", "--results", "--yes", ok=False).output
-
 
 def test_errors_without_store(run, tmp_path):
     result = run("ls", ok=False)
