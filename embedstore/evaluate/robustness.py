@@ -11,9 +11,9 @@ Where the numbers come from (recorded with every result):
   ``results`` row of analysis ``zeroshot``, metric ``acc1`` exists for the same model and dataset
   (for CLIP models: with ``params.prompt_set`` equal to the prompt set asked for and its current
   templates) whose run scored as many rows (``n``) as the dataset has usable rows now (bad samples
-  recorded since change them); the most recent such row wins. Otherwise it is computed now from the cached arrays with
-  `embedstore.evaluate.common.eval_data` (CLIP: zero-shot under the prompt set; classifiers and
-  imported models: head logits). Each model's per-dataset rows say which (``acc1_id_source``,
+  recorded since change them); the most recent such row wins. Otherwise it is computed now from the
+  cached arrays with `embedstore.evaluate.common.eval_data` (CLIP: zero-shot under the prompt set;
+  classifiers and imported models: head logits). Each model's per-dataset rows say which (``acc1_id_source``,
   ``acc1_shift_source``: ``results`` or ``computed``).
 - The reference group is a SQL boolean expression over the ``models`` table (e.g.
   ``group_label = 'ImageNet classifier'``), evaluated as ``SELECT model_id FROM models WHERE (expr)``

@@ -86,8 +86,7 @@ def run_zeroshot(
     errors naming the missing array. What a glob matched that cannot be scored is skipped: a dataset
     without classes or labelled rows, CLIP models on a dataset without the prompt set, a classifier
     whose head does not fit, a pair whose extraction has not finished; the reasons go into ``skipped``
-    when given. A run that scores nothing is
-    an error giving each reason."""
+    when given. A run that scores nothing is an error giving each reason."""
     if prompt_set is not None and templates is not None:
         raise AnalysisError("give --prompts or --templates, not both")
     selected = resolve_models(store, models)
