@@ -456,7 +456,7 @@ def test_the_ood_figure_averages_over_one_list_of_ood_sets_and_follows_the_id_da
     sourced = report_data.ood_data(ReportData.load(tiny_store))
     assert [sorted(p.model for p in panel.points) for panel in sourced.data] == [sorted([other, timm])] * 2
     assert sourced.data[0].title == "AUROC of msp, mean over shapes-ood"
-    assert any(note.startswith("1 model(s) whose latest runs averaged over other OOD sets") and clip in note
+    assert any(note.startswith("1 model(s) whose runs all averaged over other OOD sets") and clip in note
                for note in sourced.notes)  # fmt: skip
     tiny_store.put_results("ood", [("auroc", 0.8), ("fpr95", 0.2)], params=ood, model=clip, dataset="shapes-v2")
     chosen = report_data.ood_data(ReportData.load(tiny_store, ReportSelection(id_dataset="shapes-v2")))

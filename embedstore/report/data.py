@@ -595,7 +595,7 @@ def ood_data(data: ReportData) -> Sourced:
     if len(lists) > 1:
         chosen = {r.model for r in on_id if _hashable(r.params.get("ood_datasets")) == ood_sets}
         left_out = sorted({str(r.model) for r in on_id} - {str(m) for m in chosen})
-        notes.append(f"{len(left_out)} model(s) whose latest runs averaged over other OOD sets are left out "
+        notes.append(f"{len(left_out)} model(s) whose runs all averaged over other OOD sets are left out "
                      f"(a mean over other sets is not comparable): {', '.join(left_out)}")  # fmt: skip
     others = sorted({str(r.params.get("score")) for r in candidates} - {str(score)})
     if others:
