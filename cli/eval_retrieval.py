@@ -11,7 +11,15 @@ from embedstore.evaluate.retrieval import run_retrieval
 from embedstore.index import INDEX_KINDS
 from embedstore.store import Store
 from embedstore_cli.index_commands import index_parameter_options, refuse_misplaced_tuning
-from embedstore_cli.options import datasets_option, json_option, models_option, print_rows, store_option, user_errors
+from embedstore_cli.options import (
+    datasets_option,
+    echo_skipped,
+    json_option,
+    models_option,
+    print_rows,
+    store_option,
+    user_errors,
+)
 
 
 @click.command("retrieval")
@@ -42,7 +50,10 @@ def retrieval_command(store_path, models, datasets, ks, kind, use_saved, nlist, 
             raise click.UsageError(f"--{given[0]} needs --index (exact search without an index uses neither)")
     refuse_misplaced_tuning(tuning, kind, "--index")
     request = None if kind is None else IndexRequest(kind, **tuning, use_saved=use_saved, device=device, seed=seed)
-    rows = run_retrieval(Store.open(store_path, readonly=False), models, datasets, ks=ks, index=request)
+    skipped: dict[str, str] = {}
+    rows = run_retrieval(Store.open(store_path, readonly=False), models, datasets, ks=ks, index=request,
+                         skipped=skipped)  # fmt: skip
+    echo_skipped(skipped)
     columns = ["model", "dataset", "search", *[f"{d}_recall@{k}" for d in ("image_retrieval", "text_retrieval")
                                               for k in sorted(set(ks))]]  # fmt: skip
     if kind in ("ivf", "hnsw"):

@@ -74,7 +74,12 @@ def test_single_dataset_analyses_and_retrieval_skip_it_too(tiny_store) -> None:
     assert [row.model for row in bias.rows] == [CLIP0] and "not finished" in bias.skipped[CLIP1]
     factors = run_factors(tiny_store, ["openclip:*"], "shapes-x")
     assert list(factors.tables) == [CLIP0] and "not finished" in factors.skipped[CLIP1]
-    assert [row.model for row in run_retrieval(tiny_store, ["openclip:*"], ["shapes-captions"])] == [CLIP0]
+    skipped: dict[str, str] = {}
+    assert [row.model for row in run_retrieval(tiny_store, ["openclip:*"], ["shapes-captions"], skipped=skipped)] == [
+        CLIP0
+    ]
+    assert skipped == {CLIP1: "its caption_emb on shapes-captions is not finished: its extraction is running or was "
+                              "stopped"}  # fmt: skip
 
 
 def test_a_pair_named_exactly_is_an_error_saying_it_is_not_finished(store) -> None:

@@ -88,15 +88,17 @@ def run_retrieval(
     *,
     ks: Iterable[int] = DEFAULT_KS,
     index: IndexRequest | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> list[RetrievalRow]:
     """Recall@K of every model (ids or globs) on every caption dataset (names or globs), recorded in
     ``results``; ``index`` None searches exactly.
 
     A dataset without captions, or a model without ``caption_emb`` on a dataset, is an error when
-    named exactly and skipped when only a glob matched it. Results are written once every pair is
-    computed, so a failure writes nothing."""
+    named exactly and skipped when only a glob matched it, as is a pair whose extraction has not
+    finished (named in ``skipped`` when given). Results are written once every pair is computed, so a
+    failure writes nothing."""
     ks = _checked_ks(ks)
-    pairs = _pairs(store, models, datasets)
+    pairs = _pairs(store, models, datasets, {} if skipped is None else skipped)
     rows = [_evaluate(store, model, dataset, ks, index) for model, dataset in pairs]
     with store.session():
         for row in rows:
@@ -111,7 +113,9 @@ def _checked_ks(ks: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted({positive_int("K", k) for k in values}))
 
 
-def _pairs(store: Store, models: Sequence[str], datasets: Sequence[str]) -> list[tuple[str, str]]:
+def _pairs(
+    store: Store, models: Sequence[str], datasets: Sequence[str], skipped: dict[str, str]
+) -> list[tuple[str, str]]:
     """The (model, dataset) pairs to evaluate, checked before any array is read."""
     with store.session():
         model_ids = resolve_models(store, models)
@@ -124,7 +128,7 @@ def _pairs(store: Store, models: Sequence[str], datasets: Sequence[str]) -> list
             with_captions = {a.model for a in store.list_arrays(dataset=dataset, name=CAPTION_ARRAY)}
             for model in model_ids:
                 named = named_explicitly(model, models) and named_explicitly(dataset, datasets)
-                if model in with_captions and not _unfinished_gallery(store, model, dataset, named):
+                if model in with_captions and not _unfinished_gallery(store, model, dataset, named, skipped):
                     pairs.append((model, dataset))
                 elif named_explicitly(model, models) and named_explicitly(dataset, datasets):
                     raise AnalysisError(
@@ -139,11 +143,16 @@ def _pairs(store: Store, models: Sequence[str], datasets: Sequence[str]) -> list
     return pairs
 
 
-def _unfinished_gallery(store: Store, model: str, dataset: str, named: bool) -> bool:
+def _unfinished_gallery(store: Store, model: str, dataset: str, named: bool, skipped: dict[str, str]) -> bool:
     """Whether a pair a glob matched has an ``image_emb`` or ``caption_emb`` whose extraction has not
-    finished (left out; a pair named exactly is kept, so that reading it says so)."""
+    finished (left out and noted in ``skipped``; a pair named exactly is kept, so that reading it says so)."""
     arrays = [*store.list_arrays(dataset, model, IMAGE_ARRAY), *store.list_arrays(dataset, model, CAPTION_ARRAY)]
-    return not named and any(info.status != "complete" for info in arrays)
+    unfinished = [info.name for info in arrays if info.status != "complete"]
+    if named or not unfinished:
+        return False
+    reason = f"its {' and '.join(unfinished)} on {dataset} is not finished: its extraction is running or was stopped"
+    skipped[model] = f"{skipped[model]}; {reason}" if model in skipped else reason
+    return True
 
 
 def _evaluate(store: Store, model: str, dataset: str, ks: tuple[int, ...], index: IndexRequest | None) -> RetrievalRow:
