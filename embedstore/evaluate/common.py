@@ -113,8 +113,13 @@ def skips_unfinished(
         return False
     reason = unfinished_arrays(store, model, dataset)
     if reason is not None and skipped is not None:
-        skipped[model] = reason if model not in skipped else f"{skipped[model]}; {reason}"
+        note_skipped(skipped, model, reason)
     return reason is not None
+
+
+def note_skipped(skipped: dict[str, str], name: str, reason: str) -> None:
+    """Record why ``name`` was left out, after any reason already recorded for it."""
+    skipped[name] = f"{skipped[name]}; {reason}" if name in skipped else reason
 
 
 def drop_unfinished(

@@ -39,7 +39,13 @@ from embedstore.analysis.retrieval import (
     retrieval_recall_through,
 )
 from embedstore.errors import AnalysisError
-from embedstore.evaluate.common import named_explicitly, resolve_datasets, resolve_models, stores_results_together
+from embedstore.evaluate.common import (
+    named_explicitly,
+    note_skipped,
+    resolve_datasets,
+    resolve_models,
+    stores_results_together,
+)
 from embedstore.evaluate.indexes import CAPTION_ARRAY, IMAGE_ARRAY, Gallery, IndexRequest, read_gallery
 from embedstore.index.spec import positive_int
 from embedstore.store import Store
@@ -150,8 +156,8 @@ def _unfinished_gallery(store: Store, model: str, dataset: str, named: bool, ski
     unfinished = [info.name for info in arrays if info.status != "complete"]
     if named or not unfinished:
         return False
-    reason = f"its {' and '.join(unfinished)} on {dataset} is not finished: its extraction is running or was stopped"
-    skipped[model] = f"{skipped[model]}; {reason}" if model in skipped else reason
+    note_skipped(skipped, model, f"its {' and '.join(unfinished)} on {dataset} is not finished: its extraction is "
+                                 "running or was stopped")  # fmt: skip
     return True
 
 

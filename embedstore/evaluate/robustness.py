@@ -230,15 +230,22 @@ class AccuracyTable:
     def available(self, model: str, datasets: Sequence[str]) -> bool:
         """Whether acc1 can be had on every dataset: stored, or computable (`head_fits`; a CLIP model
         needs the prompt set defined on the dataset; an unfinished extraction cannot be read yet)."""
-        return all(
-            (model, dataset) in self._cache
-            or stored_zeroshot_acc1(self.store, model, dataset, self.prompt_set) is not None
-            or (
-                head_fits(self.store, model, dataset)
-                and self._prompts_defined(model, dataset)
-                and unfinished_arrays(self.store, model, dataset) is None
-            )
-            for dataset in datasets
+        return all(self._stored(model, dataset) or self._computable(model, dataset) for dataset in datasets)
+
+    def _stored(self, model: str, dataset: str) -> bool:
+        """Whether acc1 is known or stored; a stored one is kept, so `get` does not look it up again."""
+        if (model, dataset) not in self._cache:
+            stored = stored_zeroshot_acc1(self.store, model, dataset, self.prompt_set)
+            if stored is None:
+                return False
+            self._cache[(model, dataset)] = MeasuredAccuracy(stored, ACCURACY_FROM_RESULTS)
+        return True
+
+    def _computable(self, model: str, dataset: str) -> bool:
+        return (
+            head_fits(self.store, model, dataset)
+            and self._prompts_defined(model, dataset)
+            and unfinished_arrays(self.store, model, dataset) is None
         )
 
     def _prompts_defined(self, model: str, dataset: str) -> bool:

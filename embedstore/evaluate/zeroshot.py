@@ -26,6 +26,7 @@ from embedstore.evaluate.common import (
     labels_of,
     model_kind,
     named_explicitly,
+    note_skipped,
     prompt_indices,
     read_finite,
     resolve_datasets,
@@ -140,8 +141,7 @@ def run_zeroshot(
             store.put_results("zeroshot", metrics, params=params, model=model, dataset=dataset)
             rows.append(ZeroShotRow(model, dataset, label, result))
     for model, names in unfit.items():
-        reason = f"its head does not fit the classes of {', '.join(names)}"
-        skipped[model] = f"{skipped[model]}; {reason}" if model in skipped else reason
+        note_skipped(skipped, model, f"its head does not fit the classes of {', '.join(names)}")
     if not rows:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
         raise AnalysisError(f"no model and dataset selected can be scored ({reasons})")

@@ -316,12 +316,11 @@ def choose_id_dataset(
         ("calibration", _calibrated_on, "params.fit_dataset of the calibration results (--calibrate-on)"),
     )
     for analysis, pick, reason in candidates:
-        counts = _models_per_value(r for r in results if r.analysis == analysis and pick(r) in datasets)(pick)
+        counts = _models_per_value((r for r in results if r.analysis == analysis and pick(r) in datasets), pick)
         if counts:
             return _most_common(counts), reason
-    counts = _models_per_value(
-        r for r in results if r.analysis == "zeroshot" and r.metric == ACC1 and r.dataset in datasets
-    )(lambda r: r.dataset)
+    zeroshot = [r for r in results if r.analysis == "zeroshot" and r.metric == ACC1 and r.dataset in datasets]
+    counts = _models_per_value(zeroshot, lambda r: r.dataset)
     if counts:
         best = max(counts, key=lambda d: (counts[d], datasets[d]["n_samples"], d))
         return best, "the dataset with zero-shot accuracy for the most models"
@@ -335,11 +334,10 @@ def _calibrated_on(row: StoredResult) -> str | None:
     return fitted if fitted != row.dataset else None
 
 
-def _models_per_value(rows: Iterable[StoredResult]) -> Callable[[Callable[[StoredResult], Any]], Counter]:
-    """``pick -> Counter({value: number of models whose rows have it})``: models count once however
-    many metrics, bins or reruns they stored."""
-    kept = [r for r in rows if r.model is not None]
-    return lambda pick: Counter(value for value, _ in {(_hashable(pick(r)), r.model) for r in kept})
+def _models_per_value(rows: Iterable[StoredResult], pick: Callable[[StoredResult], Any]) -> Counter:
+    """``Counter({pick(row): number of models whose rows have it})``: models count once however many
+    metrics, bins or reruns they stored."""
+    return Counter(value for value, _ in {(_hashable(pick(r)), r.model) for r in rows if r.model is not None})
 
 
 def _most_common(counts: Counter) -> Any:
@@ -561,11 +559,11 @@ def ood_data(data: ReportData) -> Sourced:
     scored = [r for r in candidates if r.params.get("score") == score]
     if not scored:
         raise MissingData(f"OOD detection: no ood results for score {score!r} with positive={positive!r}")
-    id_dataset = data.selection.id_dataset or _most_common(_models_per_value(scored)(lambda r: r.dataset))
+    id_dataset = data.selection.id_dataset or _most_common(_models_per_value(scored, lambda r: r.dataset))
     on_id = [r for r in scored if r.dataset == id_dataset]
     if not on_id:
         raise MissingData(f"OOD detection: no {score} ood results with ID dataset {id_dataset}")
-    lists = _models_per_value(on_id)(lambda r: r.params.get("ood_datasets"))
+    lists = _models_per_value(on_id, lambda r: r.params.get("ood_datasets"))
     ood_sets = _most_common(lists)  # means over other lists of OOD sets are not comparable: one list a figure
     reference = accuracies(data, id_dataset)
     labels = {
