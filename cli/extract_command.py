@@ -32,6 +32,12 @@ from embedstore_cli.options import print_table, store_option, user_errors
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Stored embedding dtype [float16].")
 @click.option("--decode", type=click.Choice(DECODES), default=None, help="Decode path [auto: gpu on a GPU, else cpu].")
 @click.option("--workers", type=int, default=None, help="Reader/decoder processes [4].")
+@click.option(
+    "--cpu-decode-share",
+    type=float,
+    default=None,
+    help="With --decode gpu, the share of rows the workers PIL-decode beside the GPU decoder [0].",
+)
 @click.option("--chunk-rows", type=int, default=None, help="Rows per chunk, the unit of writing and resume [4096].")
 @click.option("--pixel-limit", type=int, default=None, help="Images with more pixels are recorded as bad [89478485].")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default=None, help="Array compression [none].")

@@ -218,6 +218,43 @@ def test_gpu_decode_path_stays_close_to_the_cpu_path(tmp_path, image_folder):
     assert cos.min() > 0.98, cos.min()
 
 
+def test_the_cpu_decode_share_sends_exactly_its_rows_to_pil_and_is_part_of_the_settings(tmp_path, image_folder,
+                                                                                        monkeypatch):  # fmt: skip
+    from embedstore.extract import reader
+    from embedstore.extract.batched import decode_jpegs, preprocess_batch
+
+    pil_rows, gpu_calls = [], []
+    pil_decode, gpu_decode = reader.decode_rgb, reader.decode_jpegs
+    monkeypatch.setattr(reader, "decode_rgb", lambda data, options: pil_rows.append(data) or pil_decode(data, options))
+    monkeypatch.setattr(reader, "decode_jpegs", lambda files, device: gpu_calls.append(len(files)) or gpu_decode(files, device))
+    store = Store.create(tmp_path / "s")
+    _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], decode="gpu", device="cpu",
+             cpu_decode_share=0.25)  # fmt: skip
+    dataset = open_dataset("shapes", f"imagefolder:{image_folder}")
+    files = [s.data for s in dataset.iter_encoded(0, len(dataset))]
+    assert pil_rows == [files[r] for r in range(24) if reader.cpu_decoded(r, 250)] and len(pil_rows) == 6
+    assert sum(gpu_calls) == 18
+    # the stored embeddings are those of the PIL-decoded pixels for those rows, the batched decoder's for the rest
+    model = load_model(CLIP)
+    config = model.preprocess
+    pixels = []
+    for row, data in enumerate(files):
+        if reader.cpu_decoded(row, 250):
+            image = torch.from_numpy(np.array(pil_decode(data, reader.DecodeOptions()))).permute(2, 0, 1)
+        else:
+            image = decode_jpegs([data], "cpu")[0]
+        pixels.append(preprocess_batch([image], config)[0])
+    with torch.inference_mode():
+        expected = model.encode_image(torch.stack(pixels)).numpy()
+    stored = store.read_array("shapes", "openclip:embedstore-tiny@random:0", "image_emb")
+    np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-5)
+    info = store.list_arrays("shapes", "openclip:embedstore-tiny@random:0", "image_emb")[0]
+    assert info.settings["cpu_decode_share"] == 0.25
+    with pytest.raises(FingerprintMismatch, match=r"settings changed \(cpu_decode_share: 0.25 -> 0.5\)"):
+        _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], decode="gpu", device="cpu",
+                 cpu_decode_share=0.5)  # fmt: skip
+
+
 def test_templates_a_rerun_names_but_the_store_lacks_are_pointed_to_prompts_add(store, image_folder):
     report = _extract(store, [f"shapes=imagefolder:{image_folder}?templates=simple"], models=[CLIP])
     assert sorted(a.name for a in report.arrays) == ["image_emb", "logits", "text_emb"]  # the summary lists all

@@ -12,7 +12,7 @@ from PIL import Image
 
 from embedstore.extract.batched import decode_jpegs, preprocess_batch
 from embedstore.extract.decode import BadImage, DecodeOptions, gpu_decodable
-from embedstore.extract.reader import PackedBytes
+from embedstore.extract.reader import PackedBytes, PackedPixels, cpu_decoded
 from embedstore.models.preprocess import PreprocessConfig
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -108,3 +108,24 @@ def test_only_complete_colour_or_grey_jpegs_go_to_the_gpu_decoder():
     assert not gpu_decodable(png.getvalue(), options)
     with pytest.raises(BadImage, match="pixel limit"):
         gpu_decodable(good, DecodeOptions(pixel_limit=40 * 50 - 1))
+
+
+@pytest.mark.parametrize("permille", [0, 1, 250, 333, 999, 1000])
+def test_the_cpu_decode_share_takes_exactly_its_rows_of_any_thousand_spread_evenly(permille):
+    taken = np.array([cpu_decoded(row, permille) for row in range(5000)])
+    windows = np.convolve(taken, np.ones(1000, dtype=int), mode="valid")
+    assert (windows == permille).all()
+    if 0 < permille < 1000:
+        gaps = np.diff(np.flatnonzero(taken))
+        assert gaps.max() - gaps.min() <= 1  # evenly spread, not one block
+
+
+def test_packed_pixels_come_back_as_the_images_in_channels_first_views():
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((5, 7), (9, 4), (1, 1))]
+    packed = PackedPixels.pack(images)
+    assert len(packed) == 3 and packed.data.numel() == sum(a.size for a in images)
+    for got, want in zip(packed.images(torch.device("cpu")), images, strict=True):
+        assert torch.equal(got, torch.from_numpy(want).permute(2, 0, 1))
+    empty = PackedPixels.pack([])
+    assert len(empty) == 0 and empty.images(torch.device("cpu")) == [] and empty.pin_memory() is empty

@@ -94,6 +94,14 @@ def test_command_line_plans_check_the_same_settings():
         plan_from_args(["openclip:embedstore-tiny@random"], ["d=synthetic:shapes"], batch_size=0)
 
 
+@pytest.mark.parametrize("share", [-0.1, 1.5, 0.0005, True, "0.3"])
+def test_the_cpu_decode_share_is_a_number_from_0_to_1_in_thousandths(share):
+    with pytest.raises(PlanError, match=r"cpu_decode_share must be a number from 0 to 1 in steps of 0.001, got .*"
+                                        r"\(--cpu-decode-share\)"):  # fmt: skip
+        plan_from_args(["openclip:embedstore-tiny@random"], ["d=synthetic:shapes"], cpu_decode_share=share)
+    assert Settings(cpu_decode_share=0.375).cpu_decode_permille == 375 and Settings(cpu_decode_share=1).cpu_decode_permille == 1000
+
+
 def test_a_settings_mistake_in_a_plan_names_the_file(tmp_path):
     path = _plan(tmp_path, GOOD.replace("batch_size = 64", 'batch_size = "4"', 1))
     with pytest.raises(PlanError, match=f"^{path}: settings.batch_size must be a positive integer, got '4'"):

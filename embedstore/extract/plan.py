@@ -11,6 +11,7 @@ A plan comes from the command line (``--model ID ... --dataset NAME=KIND:PATH ..
     precision = "auto"              # "auto" (bf16 on GPU, fp32 on CPU) | "fp32" | "fp16" | "bf16"
     decode = "auto"                 # "auto" (gpu when the device is a GPU) | "cpu" | "gpu"
     workers = 4                     # reader/decoder processes (0: in the main process)
+    cpu_decode_share = 0.0          # gpu decode: this share of the rows is PIL-decoded by the workers
     chunk_rows = 4096               # rows per chunk: the unit of writing and of resume
     pixel_limit = 89478485          # bigger images are recorded as bad samples
     compression = "none"            # "none" | "blosc-lz4" | "zstd"
@@ -62,6 +63,7 @@ class Settings:
     chunk_rows: int = 4096
     pixel_limit: int = DEFAULT_PIXEL_LIMIT
     compression: str = "none"
+    cpu_decode_share: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [("dtype", self.dtype, DTYPES), ("precision", self.precision, PRECISIONS),
@@ -75,8 +77,18 @@ class Settings:
                 raise PlanError(f"settings.{name} must be a positive integer, got {value!r} ({_flag(name)})")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise PlanError(f"settings.workers must be 0 or more, got {self.workers!r} (--workers)")
+        share = self.cpu_decode_share
+        if (isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1
+                or abs(share * 1000 - round(share * 1000)) > 1e-9):  # fmt: skip
+            raise PlanError(f"settings.cpu_decode_share must be a number from 0 to 1 in steps of 0.001, got {share!r} "
+                            "(--cpu-decode-share)")  # fmt: skip
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise PlanError(f"settings.device = {self.device!r}: use auto, cpu, cuda or cuda:N (--device)")
+
+    @property
+    def cpu_decode_permille(self) -> int:
+        """``cpu_decode_share`` in rows per 1000 (``reader.cpu_decoded``)."""
+        return round(self.cpu_decode_share * 1000)
 
 
 def _flag(setting: str) -> str:

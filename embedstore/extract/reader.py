@@ -7,10 +7,11 @@ distinct preprocessing config: models whose configs are equal share the prepared
 
 CPU path: PIL decode + each config's own library PIL transform, in ``workers`` processes
 (``torch.utils.data.DataLoader``). GPU path: the worker reads bytes and packs the JPEGs the GPU decoder
-may take (``decode.gpu_decodable``) into one tensor, PIL-decoding the other files; a decoding thread of
-the main process decodes the JPEGs in one batched call on the GPU and resizes/crops/normalises the
-batch there (``embedstore.extract.batched``), on its own CUDA stream and up to two batches ahead of the
-encoders (``prefetched``).
+may take (``decode.gpu_decodable``) into one tensor, PIL-decoding the other files (and the rows of the
+``cpu_decode_share``, see ``cpu_decoded``) into another; a decoding thread of the main process decodes
+the JPEGs in one batched call on the GPU, uploads the PIL-decoded pixels in one copy (pinned by the
+loader), and resizes/crops/normalises the batch there (``embedstore.extract.batched``), on its own CUDA
+stream and up to two batches ahead of the encoders (``prefetched``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -110,12 +111,10 @@ class PackedBytes:
 
     @classmethod
     def pack(cls, parts: Sequence[bytes]) -> PackedBytes:
-        data = (
-            torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8)
-            if parts
-            else torch.empty(0, dtype=torch.uint8)
-        )
-        return cls(data, np.cumsum([len(p) for p in parts]).tolist())
+        ends = np.cumsum([len(p) for p in parts], dtype=np.int64).tolist()
+        data = torch.empty(ends[-1] if ends else 0, dtype=torch.uint8)
+        _copy_into(data, parts, ends)
+        return cls(data, ends)
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -124,21 +123,80 @@ class PackedBytes:
         return self.data[(self.ends[i - 1] if i else 0) : self.ends[i]]
 
 
+def _copy_into(data: torch.Tensor, parts: Sequence[bytes | np.ndarray], ends: Sequence[int]) -> None:
+    """Copy ``parts`` back to back into the flat uint8 ``data`` (one copy each)."""
+    flat, start = data.numpy(), 0
+    for part, end in zip(parts, ends, strict=True):
+        flat[start:end] = np.frombuffer(part, dtype=np.uint8) if isinstance(part, bytes) else part.reshape(-1)
+        start = end
+
+
+@dataclass
+class PackedPixels:
+    """Decoded 8-bit RGB images (``[H, W, 3]`` each, any sizes) packed into one flat uint8 tensor, so that
+    a batch's PIL-decoded images cross from a worker in one shared-memory tensor, are pinned once and
+    go to the GPU in one copy. ``images()`` gives ``[3, H, W]`` views of (a copy of) it on a device."""
+
+    data: torch.Tensor
+    shapes: list[tuple[int, int]]
+
+    @classmethod
+    def pack(cls, images: Sequence[np.ndarray]) -> PackedPixels:
+        ends = np.cumsum([a.size for a in images], dtype=np.int64).tolist()
+        data = torch.empty(ends[-1] if ends else 0, dtype=torch.uint8)
+        _copy_into(data, images, ends)
+        return cls(data, [a.shape[:2] for a in images])
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def pin_memory(self) -> PackedPixels:
+        return PackedPixels(self.data.pin_memory(), self.shapes) if len(self.data) else self
+
+    def images(self, device: torch.device) -> list[torch.Tensor]:
+        """The images as ``[3, H, W]`` views (channels-last strides) of one copy on ``device``;
+        from pinned memory the copy does not block the host."""
+        data = self.data.to(device, non_blocking=self.data.is_pinned())
+        out, start = [], 0
+        for height, width in self.shapes:
+            stop = start + height * width * 3
+            out.append(data[start:stop].view(height, width, 3).permute(2, 0, 1))
+            start = stop
+        return out
+
+
+def cpu_decoded(row: int, share_permille: int) -> bool:
+    """Whether ``row`` is one of the rows the GPU path leaves to PIL in the workers (the
+    ``cpu_decode_share``, ``share_permille`` of every 1000 rows): row r is when
+    ``floor((r + 1) k / 1000) > floor(r k / 1000)``, k = ``share_permille``. Exactly k rows of any 1000
+    consecutive ones, spread evenly, and fixed by the row number alone, so that a resumed run, or
+    another rank, decodes every row the way an uninterrupted run does. Balancing the GPU's JPEG
+    decoder against idle CPU cores this way follows DALI's ``hw_decoder_load`` split."""
+    return ((row + 1) * share_permille) // 1000 > (row * share_permille) // 1000
+
+
 @dataclass
 class _EncodedTask:
     task: BatchTask
     jpeg: PackedBytes  # the files the GPU decodes (`decode.gpu_decodable`)
     jpeg_rows: list[int]
-    decoded: list[torch.Tensor]  # uint8 [3, H, W] of the others (PIL-decoded in the worker)
+    decoded: PackedPixels  # the others, PIL-decoded in the worker
     decoded_rows: list[int]
     bad: list[tuple[int, str]]
 
+    def pin_memory(self) -> _EncodedTask:
+        """Called by the DataLoader's pinning thread: pins the decoded pixels (what goes to the GPU
+        as it is); nvJPEG stages the encoded files itself."""
+        return replace(self, decoded=self.decoded.pin_memory())
+
 
 class _BytesTasks(TorchDataset):
-    """Each item is one batch task's bytes; files the GPU decoder should not take are PIL-decoded here."""
+    """Each item is one batch task's bytes; files the GPU decoder should not take, and the rows of the
+    CPU's decode share, are PIL-decoded here."""
 
-    def __init__(self, dataset, tasks, options: DecodeOptions):
+    def __init__(self, dataset, tasks, options: DecodeOptions, cpu_share_permille: int = 0):
         self.dataset, self.tasks, self.options = dataset, tasks, options
+        self.cpu_share_permille = cpu_share_permille
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -151,15 +209,15 @@ class _BytesTasks(TorchDataset):
                 bad.append((sample.row, sample.error or "unreadable"))
                 continue
             try:
-                if gpu_decodable(sample.data, self.options):
+                if gpu_decodable(sample.data, self.options) and not cpu_decoded(sample.row, self.cpu_share_permille):
                     jpeg.append(sample.data)
                     jpeg_rows.append(sample.row)
                 else:
-                    decoded.append(_pil_to_tensor(decode_rgb(sample.data, self.options)))
+                    decoded.append(np.asarray(decode_rgb(sample.data, self.options), dtype=np.uint8))
                     decoded_rows.append(sample.row)
             except BadImage as exc:
                 bad.append((sample.row, str(exc)))
-        return _EncodedTask(task, PackedBytes.pack(jpeg), jpeg_rows, decoded, decoded_rows, bad)
+        return _EncodedTask(task, PackedBytes.pack(jpeg), jpeg_rows, PackedPixels.pack(decoded), decoded_rows, bad)
 
 
 def _pil_to_tensor(image) -> torch.Tensor:
@@ -179,10 +237,15 @@ def iterate_prepared(
     device: torch.device,
     workers: int,
     options: DecodeOptions,
+    cpu_share_permille: int = 0,
 ) -> Iterator[PreparedBatch]:
     """Prepared batches in task order. ``decode="cpu"``: PIL + library transforms in the workers;
-    ``decode="gpu"``: batched decode and preprocessing on ``device``."""
-    source = _CpuTasks(dataset, tasks, transforms, options) if decode == "cpu" else _BytesTasks(dataset, tasks, options)
+    ``decode="gpu"``: batched decode and preprocessing on ``device``, but for the rows ``cpu_decoded``
+    leaves to PIL in the workers (``cpu_share_permille`` of every 1000)."""
+    if decode == "cpu":
+        source = _CpuTasks(dataset, tasks, transforms, options)
+    else:
+        source = _BytesTasks(dataset, tasks, options, cpu_share_permille)
     loader = DataLoader(
         source,
         batch_size=None,
@@ -191,6 +254,7 @@ def iterate_prepared(
         collate_fn=_unbatched,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        pin_memory=decode == "gpu" and device.type == "cuda",
     )
     if decode == "cpu":
         yield from loader
@@ -286,8 +350,8 @@ def _finish_on_device(
                 bad.append((row, str(exc)))
                 continue
         images[row] = image
-    for row, image in zip(item.decoded_rows, item.decoded, strict=True):
-        images[row] = image.to(device)
+    for row, image in zip(item.decoded_rows, item.decoded.images(device), strict=True):
+        images[row] = image
     rows = sorted(images)
     ordered = [images[r] for r in rows]
     pixels = {config: preprocess_batch(ordered, config, device) for config in configs}

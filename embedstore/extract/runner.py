@@ -116,6 +116,9 @@ def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
     elif decode == "gpu" and device.type != "cuda":
         log(f"--decode gpu on {device}: the batched decode path (torchvision decode_jpeg, roi_align resize) "
             "runs on the CPU; embeddings differ slightly from --decode cpu")  # fmt: skip
+    if decode == "cpu" and settings.cpu_decode_share:
+        log(f"--cpu-decode-share {settings.cpu_decode_share} does nothing with --decode cpu: every image is "
+            "PIL-decoded in the workers already")  # fmt: skip
     return Runtime(device, precision, decode)
 
 
@@ -383,6 +386,9 @@ def _settings_fingerprint(runtime: Runtime, plan: Plan, adapter, **extra: Any) -
         "preprocess": dataclasses.asdict(adapter.preprocess),
         **extra,
     }
+    if runtime.decode == "gpu" and plan.settings.cpu_decode_share:
+        # which rows PIL decodes moves their pixels by a few levels (absent when 0: older runs resume)
+        settings["cpu_decode_share"] = plan.settings.cpu_decode_share
     return hash_object(settings), settings
 
 
@@ -546,7 +552,7 @@ def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime:
     pass_start = time.perf_counter()
     batches = iterate_prepared(
         dataset, tasks, transforms, decode=runtime.decode, device=runtime.device, workers=settings.workers,
-        options=DecodeOptions(settings.pixel_limit),
+        options=DecodeOptions(settings.pixel_limit), cpu_share_permille=settings.cpu_decode_permille,
     ) if tasks else ()  # fmt: skip
     in_flight: list[tuple[PreparedBatch, list[tuple[_ModelJob, _EncodedBatch | None]]]] = []
     try:
