@@ -276,16 +276,22 @@ def read_alone(dataset, transforms: dict, decode: str, device: torch.device,
     the prepared batches per preprocessing config, moved to ``device`` (the CPU path yields them on
     the CPU) for the model-only runs."""
     pixels: dict[PreprocessConfig, list[torch.Tensor]] = {c: [] for c in transforms}
+    workers = settings.resolved_workers(decode, os.cpu_count())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if device.type == "cuda" else threads)  # as the runner's pass (Runtime.pass_threads)
     start = time.perf_counter()
-    for batch in iterate_prepared(dataset, all_tasks(len(dataset), settings), transforms, decode=decode,
-                                  device=device, workers=settings.workers, options=DecodeOptions(settings.pixel_limit)):  # fmt: skip
-        for config, tensor in batch.pixels.items():
-            pixels[config].append(tensor)
-    _sync(device)
+    try:
+        for batch in iterate_prepared(dataset, all_tasks(len(dataset), settings), transforms, decode=decode,
+                                      device=device, workers=workers, options=DecodeOptions(settings.pixel_limit)):  # fmt: skip
+            for config, tensor in batch.pixels.items():
+                pixels[config].append(tensor)
+        _sync(device)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     pixels = {c: [t.to(device) for t in batches] for c, batches in pixels.items()}
     _sync(device)
-    info = {"decode": decode, "workers": settings.workers, "seconds": round(seconds, 3),
+    info = {"decode": decode, "workers": workers, "seconds": round(seconds, 3),
             "images_per_s": _rate(len(dataset), seconds), "configs": len(transforms)}  # fmt: skip
     return info, pixels
 
@@ -683,7 +689,8 @@ def main() -> None:
         help="the main decode path (auto: gpu on a GPU); the other path is run for the comparison",
     )
     parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
-    parser.add_argument("--workers", type=int, default=Settings.workers)
+    parser.add_argument("--workers", type=lambda v: v if v == "auto" else int(v), default=Settings.workers,
+                        help="reader processes (default auto, as the extractor resolves it)")
     parser.add_argument("--skip-five", action="store_true", help="skip the five-model pass")
     parser.add_argument("--skip-clip-benchmark", action="store_true")
     parser.add_argument(
@@ -720,7 +727,7 @@ def main() -> None:
             "decode": runtime.decode,
             "compared_decode": other,
             "batch_size": settings.batch_size,
-            "workers": settings.workers,
+            "workers": runtime.workers,
             "chunk_rows": settings.chunk_rows,
             "dtype": settings.dtype,
             "compression": settings.compression,

@@ -31,7 +31,9 @@ from embedstore_cli.options import print_table, store_option, user_errors
 )
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Stored embedding dtype [float16].")
 @click.option("--decode", type=click.Choice(DECODES), default=None, help="Decode path [auto: gpu on a GPU, else cpu].")
-@click.option("--workers", type=int, default=None, help="Reader/decoder processes [4].")
+@click.option(
+    "--workers", type=int, default=None, help="Reader/decoder processes [auto: 4; with GPU decode half the cores, 2-8]."
+)
 @click.option(
     "--cpu-decode-share",
     type=float,

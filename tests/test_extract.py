@@ -249,7 +249,7 @@ def test_the_cpu_decode_share_sends_exactly_its_rows_to_pil_and_is_part_of_the_s
     stored = store.read_array("shapes", "openclip:embedstore-tiny@random:0", "image_emb")
     np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-5)
     info = store.list_arrays("shapes", "openclip:embedstore-tiny@random:0", "image_emb")[0]
-    assert info.settings["cpu_decode_share"] == 0.25
+    assert info.settings["cpu_decode_share"] == 0.25 and info.settings["workers"] == 0
     with pytest.raises(FingerprintMismatch, match=r"settings changed \(cpu_decode_share: 0.25 -> 0.5\)"):
         _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], decode="gpu", device="cpu",
                  cpu_decode_share=0.5)  # fmt: skip

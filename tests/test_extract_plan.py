@@ -88,7 +88,7 @@ def test_unreadable_files_are_one_line(tmp_path):
 
 
 def test_command_line_plans_check_the_same_settings():
-    with pytest.raises(PlanError, match="settings.workers must be 0 or more, got -1 \\(--workers\\)"):
+    with pytest.raises(PlanError, match='settings.workers must be "auto" or 0 or more, got -1 \\(--workers\\)'):
         plan_from_args(["openclip:embedstore-tiny@random"], ["d=synthetic:shapes"], workers=-1)
     with pytest.raises(PlanError, match="settings.batch_size must be a positive integer, got 0 \\(--batch-size\\)"):
         plan_from_args(["openclip:embedstore-tiny@random"], ["d=synthetic:shapes"], batch_size=0)

@@ -80,3 +80,24 @@ def test_the_batched_decode_path_on_the_cpu_is_said_out_loud():
     said.clear()
     resolve_runtime(_plan(device="cpu"), Ranks(), log=said.append)
     assert said == []
+
+
+def test_auto_workers_follow_the_decode_path_and_the_cores(cuda_present, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_runtime(_plan(), Ranks(), log=lambda _msg: None).workers == 8  # gpu decode: half the cores
+    assert resolve_runtime(_plan(decode="cpu"), Ranks(), log=lambda _msg: None).workers == 4
+    assert resolve_runtime(_plan(workers=3), Ranks(), log=lambda _msg: None).workers == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert resolve_runtime(_plan(), Ranks(), log=lambda _msg: None).workers == 2
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert resolve_runtime(_plan(), Ranks(), log=lambda _msg: None).workers == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    runtime = resolve_runtime(_plan(), Ranks(), log=lambda _msg: None)
+    assert runtime.workers == 8 and runtime.pass_threads == 1  # on a GPU the pass launches work on one thread
+
+
+def test_a_cpu_decode_share_without_gpu_decoding_is_said_to_do_nothing():
+    said: list[str] = []
+    resolve_runtime(_plan(device="cpu", cpu_decode_share=0.3), Ranks(), log=said.append)
+    assert said == ["--cpu-decode-share 0.3 does nothing with --decode cpu: every image is PIL-decoded in the "
+                    "workers already"]  # fmt: skip

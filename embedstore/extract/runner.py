@@ -88,6 +88,14 @@ class Runtime:
     device: torch.device
     precision: str
     decode: str
+    workers: int
+
+    @property
+    def pass_threads(self) -> int:
+        """torch's CPU threads in this process during a pass. On a GPU one: the process only launches
+        work there, and idle intra-op threads spinning beside the reader's workers cost throughput
+        (ViT-B-32 on an H200 with 8 workers: 10,490 img/s with one thread, 8,526 with 16)."""
+        return 1 if self.device.type == "cuda" else torch.get_num_threads()
 
 
 def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
@@ -119,7 +127,7 @@ def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
     if decode == "cpu" and settings.cpu_decode_share:
         log(f"--cpu-decode-share {settings.cpu_decode_share} does nothing with --decode cpu: every image is "
             "PIL-decoded in the workers already")  # fmt: skip
-    return Runtime(device, precision, decode)
+    return Runtime(device, precision, decode, settings.resolved_workers(decode, os.cpu_count()))
 
 
 @functools.cache
@@ -398,8 +406,8 @@ def _open_array(store: Store, ranks: Ranks, dataset, adapter, name: str, shape, 
     # Recorded, not fingerprinted: they may change between a run and its resume, and the batch size and
     # CPU thread count can move float results in their last bits (README, "Resume").
     recorded = dict(
-        settings, batch_size=plan.settings.batch_size, device=str(runtime.device), workers=plan.settings.workers,
-        cpu_threads=torch.get_num_threads(),
+        settings, batch_size=plan.settings.batch_size, device=str(runtime.device), workers=runtime.workers,
+        cpu_threads=runtime.pass_threads,
     )  # fmt: skip
     return store.open_array_writer(
         dataset.name, adapter.model_id, name, shape=shape, dtype=dtype, chunk_rows=chunk_rows,
@@ -549,9 +557,11 @@ def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime:
         log(f"{dataset.name}: every array is complete; nothing to do" if not missing_anywhere else
             f"{dataset.name}: rank {ranks.rank} of {ranks.world} owns none of the chunks left to encode")  # fmt: skip
     bar = _progress_bar(rows_todo, f"{dataset.name}", progress and ranks.is_main and rows_todo > 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(runtime.pass_threads)
     pass_start = time.perf_counter()
     batches = iterate_prepared(
-        dataset, tasks, transforms, decode=runtime.decode, device=runtime.device, workers=settings.workers,
+        dataset, tasks, transforms, decode=runtime.decode, device=runtime.device, workers=runtime.workers,
         options=DecodeOptions(settings.pixel_limit), cpu_share_permille=settings.cpu_decode_permille,
     ) if tasks else ()  # fmt: skip
     in_flight: list[tuple[PreparedBatch, list[tuple[_ModelJob, _EncodedBatch | None]]]] = []
@@ -569,6 +579,7 @@ def _run_pass(store: Store, dataset, jobs: list[_ModelJob], plan: Plan, runtime:
     finally:
         bar.close()
         writer.close()
+        torch.set_num_threads(threads)
     pass_seconds = time.perf_counter() - pass_start
     report.images += rows_todo
     ranks.barrier()
