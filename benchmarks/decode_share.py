@@ -23,8 +23,9 @@ Measured:
   worker pays for each CPU-decoded row.
 - **end to end** per config ``WORKERS:SHARE:BATCH``: ``extract.end_to_end`` (``run_extraction`` into a new
   store, the pass instrumented as there): images/s over the pass and from the first batch on, and the
-  main thread's split. Each config builds its model again (~6 s) and runs once; the same config on two
-  lent H200 boxes gave 7,840 and 8,526 img/s, so read small differences as noise.
+  main thread's split. Each config builds its model again (~6 s) and runs once, after a warm-up pass
+  on 4,096 of the images (recorded apart: a process's first pass pays one-off costs, which made the
+  same config 8,050 then 10,331 img/s on an H200 before the warm-up existed).
 
 Writes ``results/decode_share_<gpu>.json`` (``decode_share_cpu.json`` on the CPU), updated after each
 config, with the best config against the 10,000 img/s end-to-end target for ViT-B-32.
@@ -54,6 +55,7 @@ from extract import (  # noqa: E402
     _gpu_slug,
     attempt,
     end_to_end,
+    subset_folder,
     write_image_folder,
 )
 
@@ -169,6 +171,16 @@ def main() -> None:
         print(f"pil decode, one core: {pil_ms} ms/img ({1e3 / pil_ms:,.0f} img/s per worker)\n")
         save(data=data, gpu_decoder_alone=decoder, pil_decode_ms_per_image=pil_ms)
 
+        # a process's first pass pays one-off costs (CUDA kernels loaded on first use, pinned-memory and
+        # decoder buffers growing): measured on its own, so that the configs compare warm passes
+        first = configs[0]
+        warm_up = attempt("warm-up pass", lambda: end_to_end(
+            Path(tmp) / "store-warm-up", [VIT_B_32], f"bench=imagefolder:{subset_folder(root, Path(tmp) / 'warm', 4096)}",
+            {"device": str(device), "decode": "gpu", "chunk_rows": 4096, **first}))  # fmt: skip
+        if "images_per_s" in warm_up:
+            print(f"warm-up pass (the process's first; config {first}, {warm_up['images']} images): "
+                  f"{warm_up['images_per_s']:,.0f} img/s, first batch after {warm_up['first_batch_s']:.2f} s\n")  # fmt: skip
+        save(warm_up={**first, **warm_up})
         print(f"{'workers':>7} {'share':>6} {'batch':>6} {'img/s':>9} {'steady':>9} {'first s':>8}   main thread")
         runs = []
         for i, config in enumerate(configs):

@@ -88,9 +88,10 @@ class Settings:
 
     def resolved_workers(self, decode: str, cpu_count: int | None) -> int:
         """``workers``, with ``"auto"`` resolved for the decode path (``"cpu"`` or ``"gpu"``) and the
-        machine's core count: 4 on the CPU path; on the GPU path half the cores, from 2 to 8. On a
-        16-core H200 box 8 workers gave ViT-B-32 10,490 img/s end to end against 6,546 with 4 (the
-        workers read the files and parse the JPEG headers; benchmarks/results/decode_share_nvidia-h200.json)."""
+        machine's core count: 4 on the CPU path; on the GPU path half the cores, from 2 to 8 (there the
+        workers read the files and parse the JPEG headers for the GPU decoder). On a 16-core H200 box 8
+        workers gave ViT-B-32 10,331 img/s end to end against 9,291 with 4, both warm passes in one process
+        (benchmarks/results/decode_share_nvidia-h200_run3.json)."""
         if self.workers != "auto":
             return int(self.workers)
         return 4 if decode == "cpu" else min(8, max(2, (cpu_count or 4) // 2))

@@ -92,9 +92,10 @@ class Runtime:
 
     @property
     def pass_threads(self) -> int:
-        """torch's CPU threads in this process during a pass. On a GPU one: the process only launches
-        work there, and idle intra-op threads spinning beside the reader's workers cost throughput
-        (ViT-B-32 on an H200 with 8 workers: 10,490 img/s with one thread, 8,526 with 16)."""
+        """torch's CPU threads in this process during a pass. On a GPU one: the process computes nothing
+        on the CPU there (it launches GPU work and hands batches on), and the cores are the reader
+        workers'. The H200 figures of the default settings were measured this way; the thread count's
+        own effect was not separated from warm-up effects (one run per setting)."""
         return 1 if self.device.type == "cuda" else torch.get_num_threads()
 
 
