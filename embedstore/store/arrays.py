@@ -10,6 +10,7 @@ can see which chunks exist without asking rank 0. A chunk without its marker is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -351,6 +352,21 @@ class StoreArray:
             "`embedstore rm` and extract it again"
         )
 
+    def _unreadable_chunk(self, index: int, what: str) -> StoreError | None:
+        """The error for chunk ``index`` that cannot be read (``what``: why), or None when the chunk is
+        not written yet (or being written) and reads as zeros."""
+        if self.is_done(index):
+            return self.damaged(index, what)
+        if self.complete:
+            return self._damaged(
+                f"chunk {index} has lost its done-marker and {what.removeprefix('its ')} (was the array "
+                f"removed or rewritten while it was read?)"
+            )
+        return None
+
+    def _chunk_key(self, index: int) -> str:
+        return self.zarr.metadata.encode_chunk_key((index,) + (0,) * (len(self.shape) - 1))
+
     def _direct_codec(self) -> Callable[[bytes, np.ndarray], None] | None | str:
         """How ``_read_direct`` decodes a chunk file into the output buffer: ``"raw"`` for plain
         little-endian bytes (read straight into the output), a decoder for Blosc or Zstd, or None
@@ -385,18 +401,14 @@ class StoreArray:
         def load(index: int) -> None:
             a = index * rows
             lo, hi = max(a, start), min(a + rows, self.shape[0], stop)
-            key = self.zarr.metadata.encode_chunk_key((index,) + (0,) * (len(self.shape) - 1))
+            key = self._chunk_key(index)
             target = out[lo - start : hi - start]
 
             def unreadable(what: str) -> None:
                 """A done chunk that cannot be read is damaged; one not written yet (or being written) is zeros."""
-                if self.is_done(index):
-                    raise self.damaged(index, what)
-                if self.complete:
-                    raise self._damaged(
-                        f"chunk {index} has lost its done-marker and {what.removeprefix('its ')} (was the array "
-                        f"removed or rewritten while it was read?)"
-                    )
+                error = self._unreadable_chunk(index, what)
+                if error is not None:
+                    raise error
                 target[...] = 0
 
             try:
@@ -461,14 +473,15 @@ class StoreArray:
 
         Local arrays are read by `_read_direct`, which refuses a damaged chunk; through Zarr (remote
         locations, big-endian dtypes, codecs of other writers) a chunk that does not decode is refused
-        too, while a missing chunk file reads as zeros (`embedstore verify` finds it)."""
+        too, and so is a done chunk whose file is missing (Zarr would read it as zeros)."""
         if rows is None:
             rows = slice(None)
         direct = self._direct_codec() is not None
         if isinstance(rows, slice):
             start, stop, step = rows.indices(self.shape[0])
             if not direct:
-                return self._through_zarr(lambda: self.zarr[rows])
+                touched = range(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1) if stop > start else ()
+                return self._through_zarr(lambda: self.zarr[rows], touched)
             if step == 1:
                 return self._read_direct(start, max(start, stop))
             rows = np.arange(start, stop, step)
@@ -482,7 +495,8 @@ class StoreArray:
             raise StoreError(f"row index out of range for {self.path} with {self.shape[0]} rows")
         if not direct:
             return self._through_zarr(
-                lambda: self.zarr.get_orthogonal_selection((index,) + (slice(None),) * (len(self.shape) - 1))
+                lambda: self.zarr.get_orthogonal_selection((index,) + (slice(None),) * (len(self.shape) - 1)),
+                np.unique(index // self.chunk_rows).tolist(),
             )
         if hi - lo <= 2 * index.size:
             # Mostly contiguous rows (all but a few bad samples, say): reading the span and picking
@@ -503,11 +517,24 @@ class StoreArray:
             out[group] = self._read_direct(lo, int(rows.max()) + 1)[rows - lo]
         return out
 
-    def _through_zarr(self, read: Callable[[], np.ndarray]) -> np.ndarray:
+    def _through_zarr(self, read: Callable[[], np.ndarray], chunks: Sequence[int]) -> np.ndarray:
+        """``read()`` through Zarr, which reads a missing chunk file as zeros: afterwards each chunk in
+        ``chunks`` that was done (every one, in a complete array) must still have its file."""
+        expected = list(chunks) if self.complete else [c for c in chunks if self.is_done(c)]
         try:
-            return read()
+            out = read()
         except (RuntimeError, ValueError, TypeError) as exc:  # a chunk that does not decode
             raise self._damaged(f"a chunk does not decode ({exc})") from None
+        keys = [self._chunk_key(index) for index in expected]
+
+        async def presence() -> list[bool]:
+            return list(await asyncio.gather(*(self.root.kv.exists(f"{self.path}/{key}") for key in keys)))
+
+        for index, key, present in zip(expected, keys, sync(presence()), strict=True):
+            if not present:
+                error = self._unreadable_chunk(index, f"its file {key} is missing")
+                raise error if error is not None else self.damaged(index, f"its file {key} vanished while it was read")
+        return out
 
 
 def _read_into(f: Any, buffer: memoryview) -> int:

@@ -97,6 +97,23 @@ def test_memory_url_arrays_extract_resume_and_read_like_a_local_store(tmp_path, 
     assert "shapes: every array is complete; nothing to do" in messages
 
 
+def test_a_remote_chunk_file_gone_is_an_error_not_zeros(tmp_path):
+    from zarr.core.sync import sync
+
+    store = Store.create(tmp_path / "store", arrays_url=f"memory://embedstore-{uuid.uuid4().hex}/arrays")
+    run_extraction(store, plan_from_args([TINY_CLIP], [DATASET], **SETTINGS), **QUIET)
+    model = "openclip:embedstore-tiny@random:0"
+    array = store.array("shapes", model, "image_emb")
+    key = f"{array.path}/{array._chunk_key(2)}"
+    sync(store.arrays.kv.delete(key))
+    with pytest.raises(StoreError, match=rf"is damaged: chunk 2 is marked done but its file .* is missing"):
+        store.read_array("shapes", model, "image_emb")
+    with pytest.raises(StoreError, match="chunk 2 is marked done"):
+        store.read_array("shapes", model, "image_emb", rows=[0, 9])  # row 9 is in chunk 2
+    assert store.read_array("shapes", model, "image_emb", rows=[0, 13]).shape[0] == 2  # chunks 0 and 3 are whole
+    assert not store.array("shapes", model, "image_emb").verify_chunk(2)
+
+
 def test_file_url_arrays_are_a_local_folder(tmp_path, local):
     store = Store.create(tmp_path / "store", arrays_url=f"file://{tmp_path / 'elsewhere'}")
     run_extraction(store, _plan(), **QUIET)
