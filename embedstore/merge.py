@@ -9,8 +9,9 @@ What is copied from the source store, for the models and datasets chosen (globs;
 - the catalog rows those arrays need and the destination lacks: the ``models`` rows, and whole
   datasets (``datasets``, ``samples``, ``captions``, ``annotations``, ``templates``, ``prompt_sets``,
   ``bad_samples``);
-- for datasets both stores hold, the source's ``bad_samples`` rows and named prompt sets that the
-  destination lacks;
+- for datasets both stores hold, the source's named prompt sets that the destination lacks, and its
+  ``bad_samples`` rows that the destination lacks when arrays of the dataset are copied (their rows of
+  those images are zeros);
 - ``results`` rows of the copied arrays' (model, dataset) pairs whose (model, dataset, analysis,
   params) the destination lacks;
 - the indexes saved from the copied arrays (``embedstore index build``), after the catalog rows. An
@@ -329,7 +330,9 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
         tables["models"] = rows("models", "model_id", plan.new_models)
         tables["arrays"] = rows("arrays", "model", models, lambda r: (r["dataset"], r["model"], r["name"]) in copied)
         tables["results"] = rows("results", "model", models, lambda r: (r["model"], r["dataset"]) in pairs)
-        shared_bad = rows("bad_samples", "dataset", plan.shared_datasets)
+        # a shared dataset's bad rows come along with its copied arrays (their zero rows), not otherwise
+        copied_datasets = {i.dataset for i in plan.arrays}
+        shared_bad = rows("bad_samples", "dataset", [d for d in plan.shared_datasets if d in copied_datasets])
         shared_sets = rows(
             "prompt_sets", "dataset", same_templates, lambda r: (r["dataset"], r["name"]) not in held_sets
         )

@@ -124,6 +124,14 @@ def test_models_extracted_into_two_stores_come_together(source, tiny_store_templ
     assert [r["model"] for r in rows] == [CLIP_1]  # results of the copied pairs only
 
 
+def test_a_shared_datasets_bad_rows_come_only_with_copied_arrays_of_it(source, tiny_store_template, tmp_path):
+    destination = _copy(tiny_store_template, tmp_path / "destination")
+    destination.delete_arrays(model=CLIP_1, dataset="shapes-v2")
+    report = merge_stores(destination, source, models=[CLIP_1])  # copies shapes-v2 only; shapes is skipped
+    assert {i.dataset for i in report.plan.arrays} == {"shapes-v2"} and "shapes" in report.plan.shared_datasets
+    assert report.bad_samples == 0 and destination.bad_rows("shapes").size == 0  # its arrays here are not zeros
+
+
 def test_what_differs_is_refused_and_the_destination_is_unchanged(source, tiny_store_template, tmp_path):
     destination = Store.create(tmp_path / "destination")
     register_rows_only_dataset(destination, "shapes", ["a", "b"], [0, 1])
