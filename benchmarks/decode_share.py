@@ -59,8 +59,10 @@ from extract import (  # noqa: E402
     write_image_folder,
 )
 
+from embedstore.extract import runner  # noqa: E402
 from embedstore.extract.batched import decode_jpegs  # noqa: E402
 from embedstore.extract.decode import DecodeOptions, decode_rgb  # noqa: E402
+from embedstore.extract.distributed import Ranks  # noqa: E402
 from embedstore.extract.plan import Settings  # noqa: E402
 from embedstore.sources import open_dataset  # noqa: E402
 
@@ -187,7 +189,7 @@ def main() -> None:
             settings = {"device": str(device), "decode": "gpu", "chunk_rows": 4096, **config}
             result = attempt(f"config {config}", lambda settings=settings, i=i: end_to_end(
                 Path(tmp) / f"store-{i}", [VIT_B_32], f"bench=imagefolder:{root}", settings))  # fmt: skip
-            resolved = Settings(workers=config["workers"]).resolved_workers("gpu", os.cpu_count())
+            resolved = Settings(workers=config["workers"]).resolved_workers("gpu", runner.cores_per_rank(Ranks()))
             runs.append({**config, "workers_resolved": resolved, **result})
             if "images_per_s" in result:
                 split = ", ".join(f"{k} {v:.2f}s" for k, v in result["main_thread_s"].items())

@@ -276,7 +276,7 @@ def read_alone(dataset, transforms: dict, decode: str, device: torch.device,
     the prepared batches per preprocessing config, moved to ``device`` (the CPU path yields them on
     the CPU) for the model-only runs."""
     pixels: dict[PreprocessConfig, list[torch.Tensor]] = {c: [] for c in transforms}
-    workers = settings.resolved_workers(decode, os.cpu_count())
+    workers = settings.resolved_workers(decode, runner.cores_per_rank(Ranks()))
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if device.type == "cuda" else threads)  # as the runner's pass (Runtime.pass_threads)
     start = time.perf_counter()
@@ -728,6 +728,7 @@ def main() -> None:
             "compared_decode": other,
             "batch_size": settings.batch_size,
             "workers": runtime.workers,
+            "compared_workers": settings.resolved_workers(other, runner.cores_per_rank(Ranks())),
             "chunk_rows": settings.chunk_rows,
             "dtype": settings.dtype,
             "compression": settings.compression,

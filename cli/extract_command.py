@@ -9,6 +9,21 @@ from embedstore.extract.runner import run_extraction_at
 from embedstore_cli.options import print_table, store_option, user_errors
 
 
+class _Workers(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+
+
+WORKERS = _Workers()
+
+
 @click.command("extract")
 @store_option
 @click.argument("plan_file", required=False, type=click.Path(dir_okay=False))
@@ -32,7 +47,10 @@ from embedstore_cli.options import print_table, store_option, user_errors
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Stored embedding dtype [float16].")
 @click.option("--decode", type=click.Choice(DECODES), default=None, help="Decode path [auto: gpu on a GPU, else cpu].")
 @click.option(
-    "--workers", type=int, default=None, help="Reader/decoder processes [auto: 4; with GPU decode half the cores, 2-8]."
+    "--workers",
+    type=WORKERS,
+    default=None,
+    help="Reader/decoder processes, or auto [auto: 4; with GPU decode half the cores, 2-8].",
 )
 @click.option(
     "--cpu-decode-share",

@@ -10,8 +10,8 @@ What is copied from the source store, for the models and datasets chosen (globs;
   datasets (``datasets``, ``samples``, ``captions``, ``annotations``, ``templates``, ``prompt_sets``,
   ``bad_samples``);
 - for datasets both stores hold, the source's named prompt sets that the destination lacks, and its
-  ``bad_samples`` rows that the destination lacks when arrays of the dataset are copied (their rows of
-  those images are zeros);
+  ``bad_samples`` rows that the destination lacks when image arrays of the dataset (``image_emb``,
+  ``logits``) are copied (their rows of those images are zeros);
 - ``results`` rows of the copied arrays' (model, dataset) pairs whose (model, dataset, analysis,
   params) the destination lacks;
 - the indexes saved from the copied arrays (``embedstore index build``), after the catalog rows. An
@@ -59,6 +59,7 @@ from embedstore.store.locks import dataset_locks
 from embedstore.store.store import arrow_table, insert_arrow, same_result_key
 
 #: Per-dataset catalog tables copied with a dataset the destination lacks.
+IMAGE_ROW_ARRAYS = ("image_emb", "logits")  # a row per image: the arrays a bad sample leaves a zero row in
 DATASET_TABLES = ("datasets", "samples", "captions", "annotations", "templates", "prompt_sets", "bad_samples")
 
 
@@ -330,8 +331,8 @@ def _copy_catalog_rows(destination: Store, source: Store, plan: MergePlan) -> tu
         tables["models"] = rows("models", "model_id", plan.new_models)
         tables["arrays"] = rows("arrays", "model", models, lambda r: (r["dataset"], r["model"], r["name"]) in copied)
         tables["results"] = rows("results", "model", models, lambda r: (r["model"], r["dataset"]) in pairs)
-        # a shared dataset's bad rows come along with its copied arrays (their zero rows), not otherwise
-        copied_datasets = {i.dataset for i in plan.arrays}
+        # a shared dataset's bad rows come along with its copied image-row arrays (their zero rows), not otherwise
+        copied_datasets = {i.dataset for i in plan.arrays if i.name in IMAGE_ROW_ARRAYS}
         shared_bad = rows("bad_samples", "dataset", [d for d in plan.shared_datasets if d in copied_datasets])
         shared_sets = rows(
             "prompt_sets", "dataset", same_templates, lambda r: (r["dataset"], r["name"]) not in held_sets

@@ -218,41 +218,72 @@ def test_gpu_decode_path_stays_close_to_the_cpu_path(tmp_path, image_folder):
     assert cos.min() > 0.98, cos.min()
 
 
-def test_the_cpu_decode_share_sends_exactly_its_rows_to_pil_and_is_part_of_the_settings(tmp_path, image_folder,
-                                                                                        monkeypatch):  # fmt: skip
+def test_the_cpu_decode_share_sends_exactly_its_rows_to_pil_and_is_part_of_the_image_settings(
+    tmp_path, image_folder, monkeypatch
+):
     from embedstore.extract import reader
     from embedstore.extract.batched import decode_jpegs, preprocess_batch
 
-    pil_rows, gpu_calls = [], []
-    pil_decode, gpu_decode = reader.decode_rgb, reader.decode_jpegs
-    monkeypatch.setattr(reader, "decode_rgb", lambda data, options: pil_rows.append(data) or pil_decode(data, options))
-    monkeypatch.setattr(reader, "decode_jpegs", lambda files, device: gpu_calls.append(len(files)) or gpu_decode(files, device))
+    def batched_decoder(files, device):  # marks its images (inverted) so the test can tell whose pixels a row has
+        gpu_files.extend(files)
+        return [255 - image for image in decode_jpegs(files, device)]
+
+    pil_files, gpu_files = [], []
+    pil_decode = reader.decode_rgb
+    monkeypatch.setattr(reader, "decode_rgb", lambda data, options: pil_files.append(data) or pil_decode(data, options))
+    monkeypatch.setattr(reader, "decode_jpegs", batched_decoder)
     store = Store.create(tmp_path / "s")
-    _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], decode="gpu", device="cpu",
-             cpu_decode_share=0.25)  # fmt: skip
+    spec = [f"shapes=imagefolder:{image_folder}"]
+    _extract(store, spec, models=[CLIP], decode="gpu", device="cpu", cpu_decode_share=0.25)
     dataset = open_dataset("shapes", f"imagefolder:{image_folder}")
     files = [s.data for s in dataset.iter_encoded(0, len(dataset))]
-    assert pil_rows == [files[r] for r in range(24) if reader.cpu_decoded(r, 250)] and len(pil_rows) == 6
-    assert sum(gpu_calls) == 18
-    # the stored embeddings are those of the PIL-decoded pixels for those rows, the batched decoder's for the rest
+    pil_rows = [r for r in range(24) if reader.cpu_decoded(r, 250)]
+    assert pil_files == [files[r] for r in pil_rows] and len(pil_rows) == 6
+    assert len(gpu_files) == 18
+    # each row's embedding is that of its own decoder's pixels: PIL's for the share, the marked ones for the rest
     model = load_model(CLIP)
-    config = model.preprocess
     pixels = []
     for row, data in enumerate(files):
-        if reader.cpu_decoded(row, 250):
+        if row in pil_rows:
             image = torch.from_numpy(np.array(pil_decode(data, reader.DecodeOptions()))).permute(2, 0, 1)
         else:
-            image = decode_jpegs([data], "cpu")[0]
-        pixels.append(preprocess_batch([image], config)[0])
+            image = 255 - decode_jpegs([data], "cpu")[0]
+        pixels.append(preprocess_batch([image], model.preprocess)[0])
     with torch.inference_mode():
         expected = model.encode_image(torch.stack(pixels)).numpy()
     stored = store.read_array("shapes", "openclip:embedstore-tiny@random:0", "image_emb")
     np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-5)
     info = store.list_arrays("shapes", "openclip:embedstore-tiny@random:0", "image_emb")[0]
     assert info.settings["cpu_decode_share"] == 0.25 and info.settings["workers"] == 0
-    with pytest.raises(FingerprintMismatch, match=r"settings changed \(cpu_decode_share: 0.25 -> 0.5\)"):
-        _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP], decode="gpu", device="cpu",
-                 cpu_decode_share=0.5)  # fmt: skip
+    text = store.list_arrays("shapes", "openclip:embedstore-tiny@random:0", "text_emb")[0]
+    assert "cpu_decode_share" not in text.settings  # the text does not depend on how images are decoded
+    said: list[str] = []  # the same share spelled otherwise is the same setting: nothing to do
+    plan = plan_from_args([CLIP], spec, workers=0, chunk_rows=8, batch_size=4, dtype="float32", decode="gpu",
+                          device="cpu", cpu_decode_share=0.1 + 0.15)  # fmt: skip
+    run_extraction(store, plan, log=said.append, progress=False)
+    assert "shapes: every array is complete; nothing to do" in said
+    with pytest.raises(FingerprintMismatch, match=r"image_emb.*settings changed \(cpu_decode_share: 0.25 -> 0.5\)"):
+        _extract(store, spec, models=[CLIP], decode="gpu", device="cpu", cpu_decode_share=0.5)
+
+
+def test_the_pass_restores_the_cpu_thread_count_also_when_it_fails(store, image_folder, monkeypatch):
+    from embedstore.extract import runner
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(runner.Runtime, "pass_threads", property(lambda self: 1))  # as on a GPU
+    seen: list[int] = []
+    encode = runner._ModelJob.encode
+
+    def encode_then_fail(self, pixels):
+        seen.append(torch.get_num_threads())
+        if len(seen) == 2:
+            raise RuntimeError("encoder broke")
+        return encode(self, pixels)
+
+    monkeypatch.setattr(runner._ModelJob, "encode", encode_then_fail)
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        _extract(store, [f"shapes=imagefolder:{image_folder}"], models=[CLIP])
+    assert seen == [1, 1] and torch.get_num_threads() == threads
 
 
 def test_templates_a_rerun_names_but_the_store_lacks_are_pointed_to_prompts_add(store, image_folder):

@@ -100,6 +100,9 @@ def test_the_cpu_decode_share_is_a_number_from_0_to_1_in_thousandths(share):
                                         r"\(--cpu-decode-share\)"):  # fmt: skip
         plan_from_args(["openclip:embedstore-tiny@random"], ["d=synthetic:shapes"], cpu_decode_share=share)
     assert Settings(cpu_decode_share=0.375).cpu_decode_permille == 375 and Settings(cpu_decode_share=1).cpu_decode_permille == 1000
+    # one spelling per share: a plan's 1 and the command line's 1.0 (or 0.1 + 0.2 and 0.3) are the same setting
+    assert Settings(cpu_decode_share=1) == Settings(cpu_decode_share=1.0)
+    assert Settings(cpu_decode_share=0.1 + 0.2).cpu_decode_share == 0.3
 
 
 def test_a_settings_mistake_in_a_plan_names_the_file(tmp_path):

@@ -10,7 +10,7 @@ from embedstore.errors import EmbedstoreError
 from embedstore.extract import distributed
 from embedstore.extract.distributed import Ranks, ranks_from_env
 from embedstore.extract.plan import plan_from_args
-from embedstore.extract.runner import resolve_runtime
+from embedstore.extract.runner import cores_per_rank, resolve_runtime
 
 
 def _plan(**settings):
@@ -83,17 +83,22 @@ def test_the_batched_decode_path_on_the_cpu_is_said_out_loud():
 
 
 def test_auto_workers_follow_the_decode_path_and_the_cores(cuda_present, monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    def cores(n):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(n)), raising=False)
+
+    cores(16)
     assert resolve_runtime(_plan(), Ranks(), log=lambda _msg: None).workers == 8  # gpu decode: half the cores
     assert resolve_runtime(_plan(decode="cpu"), Ranks(), log=lambda _msg: None).workers == 4
     assert resolve_runtime(_plan(workers=3), Ranks(), log=lambda _msg: None).workers == 3
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    cores(2)
     assert resolve_runtime(_plan(), Ranks(), log=lambda _msg: None).workers == 2
-    monkeypatch.setattr("os.cpu_count", lambda: None)
-    assert resolve_runtime(_plan(), Ranks(), log=lambda _msg: None).workers == 2
-    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    cores(128)
     runtime = resolve_runtime(_plan(), Ranks(), log=lambda _msg: None)
     assert runtime.workers == 8 and runtime.pass_threads == 1  # on a GPU the pass launches work on one thread
+    cores(16)  # torchrun's 8 ranks on this node share its 16 cores: 2 each, so 2 workers each (not 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert cores_per_rank(Ranks(3, 8, 3)) == 2 and cores_per_rank(Ranks()) == 16
+    assert resolve_runtime(_plan(), Ranks(3, 8, 3), log=lambda _msg: None).workers == 2
 
 
 def test_a_cpu_decode_share_without_gpu_decoding_is_said_to_do_nothing():
@@ -101,3 +106,13 @@ def test_a_cpu_decode_share_without_gpu_decoding_is_said_to_do_nothing():
     resolve_runtime(_plan(device="cpu", cpu_decode_share=0.3), Ranks(), log=said.append)
     assert said == ["--cpu-decode-share 0.3 does nothing with --decode cpu: every image is PIL-decoded in the "
                     "workers already"]  # fmt: skip
+
+
+def test_workers_take_a_number_or_auto_on_the_command_line():
+    import click
+
+    from embedstore_cli.extract_command import WORKERS
+
+    assert WORKERS.convert("auto", None, None) == "auto" and WORKERS.convert("3", None, None) == 3
+    with pytest.raises(click.BadParameter, match="'many' is neither a number nor auto"):
+        WORKERS.convert("many", None, None)

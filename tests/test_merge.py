@@ -130,6 +130,10 @@ def test_a_shared_datasets_bad_rows_come_only_with_copied_arrays_of_it(source, t
     report = merge_stores(destination, source, models=[CLIP_1])  # copies shapes-v2 only; shapes is skipped
     assert {i.dataset for i in report.plan.arrays} == {"shapes-v2"} and "shapes" in report.plan.shared_datasets
     assert report.bad_samples == 0 and destination.bad_rows("shapes").size == 0  # its arrays here are not zeros
+    destination.delete_arrays(model=CLIP_1, dataset="shapes", name="text_emb")
+    report = merge_stores(destination, source, models=[CLIP_1], datasets=["shapes"])
+    assert [i.name for i in report.plan.arrays] == ["text_emb"]  # a row per template, none per image
+    assert report.bad_samples == 0 and destination.bad_rows("shapes").size == 0
 
 
 def test_what_differs_is_refused_and_the_destination_is_unchanged(source, tiny_store_template, tmp_path):

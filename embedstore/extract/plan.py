@@ -83,18 +83,20 @@ class Settings:
                 or abs(share * 1000 - round(share * 1000)) > 1e-9):  # fmt: skip
             raise PlanError(f"settings.cpu_decode_share must be a number from 0 to 1 in steps of 0.001, got {share!r} "
                             "(--cpu-decode-share)")  # fmt: skip
+        # one spelling per share (1, 1.0 and 0.1 + 0.2 vs 0.3 pick the same rows): fingerprints compare it
+        object.__setattr__(self, "cpu_decode_share", round(share * 1000) / 1000)
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise PlanError(f"settings.device = {self.device!r}: use auto, cpu, cuda or cuda:N (--device)")
 
-    def resolved_workers(self, decode: str, cpu_count: int | None) -> int:
+    def resolved_workers(self, decode: str, cores: int | None) -> int:
         """``workers``, with ``"auto"`` resolved for the decode path (``"cpu"`` or ``"gpu"``) and the
-        machine's core count: 4 on the CPU path; on the GPU path half the cores, from 2 to 8 (there the
+        cores this process has: 4 on the CPU path; on the GPU path half the cores, from 2 to 8 (there the
         workers read the files and parse the JPEG headers for the GPU decoder). On a 16-core H200 box 8
         workers gave ViT-B-32 10,331 img/s end to end against 9,291 with 4, both warm passes in one process
         (benchmarks/results/decode_share_nvidia-h200_run3.json)."""
         if self.workers != "auto":
             return int(self.workers)
-        return 4 if decode == "cpu" else min(8, max(2, (cpu_count or 4) // 2))
+        return 4 if decode == "cpu" else min(8, max(2, (cores or 4) // 2))
 
     @property
     def cpu_decode_permille(self) -> int:

@@ -260,7 +260,9 @@ def iterate_prepared(
         yield from loader
         return
     configs = list(transforms)
-    yield from prefetched((_finish_on_device(item, configs, device, options) for item in loader), device)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        items = iter(loader)  # the loader's pinning thread pins for the device current here: this one
+    yield from prefetched((_finish_on_device(item, configs, device, options) for item in items), device)
 
 
 _END = object()

@@ -128,7 +128,18 @@ def resolve_runtime(plan: Plan, ranks: Ranks, log: Log) -> Runtime:
     if decode == "cpu" and settings.cpu_decode_share:
         log(f"--cpu-decode-share {settings.cpu_decode_share} does nothing with --decode cpu: every image is "
             "PIL-decoded in the workers already")  # fmt: skip
-    return Runtime(device, precision, decode, settings.resolved_workers(decode, os.cpu_count()))
+    return Runtime(device, precision, decode, settings.resolved_workers(decode, cores_per_rank(ranks)))
+
+
+def cores_per_rank(ranks: Ranks) -> int | None:
+    """The CPU cores this process may run on (its affinity mask), shared among the ranks torchrun
+    started on this node (``LOCAL_WORLD_SIZE``); None when unknown."""
+    try:
+        cores: int | None = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count()
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if ranks.world > 1 else 1
+    return None if cores is None else max(1, cores // max(1, local_ranks))
 
 
 @functools.cache
@@ -395,7 +406,7 @@ def _settings_fingerprint(runtime: Runtime, plan: Plan, adapter, **extra: Any) -
         "preprocess": dataclasses.asdict(adapter.preprocess),
         **extra,
     }
-    if runtime.decode == "gpu" and plan.settings.cpu_decode_share:
+    if runtime.decode == "gpu" and plan.settings.cpu_decode_share and extra.get("kind") in ("image", "logits"):
         # which rows PIL decodes moves their pixels by a few levels (absent when 0: older runs resume)
         settings["cpu_decode_share"] = plan.settings.cpu_decode_share
     return hash_object(settings), settings

@@ -61,6 +61,21 @@ def _inside_root(path: str) -> str:
     return path
 
 
+#: Requests one read keeps in flight at once against the arrays' store (markers, chunk objects).
+CONCURRENT_REQUESTS = 32
+
+
+async def _bounded(call: Callable[[str], Any], keys: Sequence[str]) -> list[Any]:
+    """``await call(key)`` for every key, at most ``CONCURRENT_REQUESTS`` at a time, results in order."""
+    gate = asyncio.Semaphore(CONCURRENT_REQUESTS)
+
+    async def one(key: str) -> Any:
+        async with gate:
+            return await call(key)
+
+    return list(await asyncio.gather(*(one(key) for key in keys)))
+
+
 @dataclass(frozen=True)
 class ChunkMarker:
     index: int
@@ -105,6 +120,20 @@ class ZarrRoot:
     def get_bytes(self, key: str) -> bytes | None:
         buf = sync(self.kv.get(key, prototype=default_buffer_prototype()))
         return None if buf is None else buf.to_bytes()
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """``get_bytes`` of each key, up to ``CONCURRENT_REQUESTS`` at a time (one round trip each on an
+        object store)."""
+
+        async def get(key: str) -> bytes | None:
+            buf = await self.kv.get(key, prototype=default_buffer_prototype())
+            return None if buf is None else buf.to_bytes()
+
+        return sync(_bounded(get, keys))
+
+    def exists_many(self, keys: Sequence[str]) -> list[bool]:
+        """Whether each key exists, up to ``CONCURRENT_REQUESTS`` at a time."""
+        return sync(_bounded(self.kv.exists, keys))
 
     def list_dir(self, prefix: str) -> list[str]:
         async def collect() -> list[str]:
@@ -293,14 +322,7 @@ class StoreArray:
         return [None if marker is None else marker.crc32 for marker in map(self._read_marker, range(self.n_chunks))]
 
     def _read_marker(self, index: int) -> ChunkMarker | None:
-        raw = self.root.get_bytes(f"{self.path}/{MARKER_DIR}/{index}")
-        if not raw:
-            return None
-        try:
-            info = json.loads(raw)
-            return ChunkMarker(index, int(info["rows"]), int(info["crc32"]))
-        except (ValueError, KeyError):
-            return None  # a marker cut short by a crash: the chunk is rewritten
+        return _parse_marker(index, self.root.get_bytes(f"{self.path}/{MARKER_DIR}/{index}"))
 
     def marker_extras(self, key: str) -> dict[int, Any]:
         """``{chunk: marker[key]}`` for the done chunks whose marker holds ``key``."""
@@ -480,7 +502,7 @@ class StoreArray:
         if isinstance(rows, slice):
             start, stop, step = rows.indices(self.shape[0])
             if not direct:
-                touched = range(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1) if stop > start else ()
+                touched = np.unique(np.arange(start, stop, step) // self.chunk_rows).tolist()
                 return self._through_zarr(lambda: self.zarr[rows], touched)
             if step == 1:
                 return self._read_direct(start, max(start, stop))
@@ -520,21 +542,34 @@ class StoreArray:
     def _through_zarr(self, read: Callable[[], np.ndarray], chunks: Sequence[int]) -> np.ndarray:
         """``read()`` through Zarr, which reads a missing chunk file as zeros: afterwards each chunk in
         ``chunks`` that was done (every one, in a complete array) must still have its file."""
-        expected = list(chunks) if self.complete else [c for c in chunks if self.is_done(c)]
+        if self.complete:
+            expected = list(chunks)
+        else:
+            markers = self.root.get_many([f"{self.path}/{MARKER_DIR}/{c}" for c in chunks])
+            expected = [c for c, raw in zip(chunks, markers, strict=True) if _parse_marker(c, raw) is not None]
         try:
             out = read()
         except (RuntimeError, ValueError, TypeError) as exc:  # a chunk that does not decode
             raise self._damaged(f"a chunk does not decode ({exc})") from None
         keys = [self._chunk_key(index) for index in expected]
-
-        async def presence() -> list[bool]:
-            return list(await asyncio.gather(*(self.root.kv.exists(f"{self.path}/{key}") for key in keys)))
-
-        for index, key, present in zip(expected, keys, sync(presence()), strict=True):
+        found = self.root.exists_many([f"{self.path}/{key}" for key in keys])
+        for index, key, present in zip(expected, keys, found, strict=True):
             if not present:
                 error = self._unreadable_chunk(index, f"its file {key} is missing")
                 raise error if error is not None else self.damaged(index, f"its file {key} vanished while it was read")
         return out
+
+
+def _parse_marker(index: int, raw: bytes | None) -> ChunkMarker | None:
+    """A chunk's done-marker from its bytes; None when absent or cut short by a crash (the chunk is
+    then rewritten)."""
+    if not raw:
+        return None
+    try:
+        info = json.loads(raw)
+        return ChunkMarker(index, int(info["rows"]), int(info["crc32"]))
+    except (ValueError, KeyError):
+        return None
 
 
 def _read_into(f: Any, buffer: memoryview) -> int:
