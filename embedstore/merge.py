@@ -58,8 +58,9 @@ from embedstore.store import ArrayInfo, Store, stored_model_id
 from embedstore.store.locks import dataset_locks
 from embedstore.store.store import arrow_table, insert_arrow, same_result_key
 
+#: Arrays with a row per image: the ones a bad sample leaves a zero row in.
+IMAGE_ROW_ARRAYS = ("image_emb", "logits")
 #: Per-dataset catalog tables copied with a dataset the destination lacks.
-IMAGE_ROW_ARRAYS = ("image_emb", "logits")  # a row per image: the arrays a bad sample leaves a zero row in
 DATASET_TABLES = ("datasets", "samples", "captions", "annotations", "templates", "prompt_sets", "bad_samples")
 
 
