@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import threading
+import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -475,12 +476,21 @@ class StoreArray:
 
     def to_dask(self) -> Any:
         """The array as a lazy ``dask.array.Array`` with one block per chunk of rows, for analyses
-        over arrays larger than memory (needs ``dask[array]``, imported only here)."""
+        over arrays larger than memory (needs ``dask[array]``, imported only here). Each block is read
+        by `read`, so a damaged or missing chunk is refused there as in an eager read, never zeros."""
         try:
+            import dask
             import dask.array
         except ImportError:
             raise StoreError("reading arrays as dask arrays needs dask: pip install 'dask[array]'") from None
-        return dask.array.from_array(self.zarr, chunks=self.zarr.chunks, fancy=False)
+        blocks, token = [], uuid.uuid4().hex  # block keys unique to this call
+        for index in range(self.n_chunks):
+            start, stop = self.chunk_bounds(index)
+            block = dask.delayed(self.read)(slice(start, stop), dask_key_name=f"embedstore-{token}-{index}")
+            blocks.append(dask.array.from_delayed(block, shape=(stop - start, *self.shape[1:]), dtype=self.dtype))
+        if not blocks:
+            return dask.array.zeros(self.shape, dtype=self.dtype)
+        return dask.array.concatenate(blocks, axis=0)
 
     def resize_rows(self, rows: int) -> None:
         self.zarr.resize((rows,) + self.shape[1:])

@@ -178,6 +178,13 @@ def test_dask_array_has_a_block_per_chunk_or_names_the_package(tmp_path):
     assert lazy.chunks == ((4, 4, 2), (3,))
     np.testing.assert_array_equal(lazy.compute(), data)
     np.testing.assert_allclose((lazy**2).sum(axis=1).compute(), (data**2).sum(axis=1), rtol=1e-6)
+    for key in (store.path / "arrays.zarr" / array.path / "c").rglob("*"):  # chunk 1's file goes missing
+        if key.is_file() and key.relative_to(store.path / "arrays.zarr" / array.path / "c").parts[0] == "1":
+            key.unlink()
+    lazy = store.dask_array("ds", "m", "image_emb")
+    assert lazy[:4].sum().compute() == pytest.approx(data[:4].sum(), rel=1e-5)  # blocks not touched still read
+    with pytest.raises(StoreError, match="chunk 1 is marked done but its file .* is missing"):
+        lazy.sum().compute()  # never zeros
 
 
 N_ROWS, DIM, CLASSES, CHUNK_ROWS = 131_072, 512, 10, 8192  # 128 MiB of float16 in 16 chunks
