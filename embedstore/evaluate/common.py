@@ -87,12 +87,13 @@ def head_fits(store: Store, model: str, dataset: str) -> bool:
     return bool(arrays) and head_mismatch(arrays[0].shape[-1], store.dataset_info(dataset)) is None
 
 
-def unfinished_arrays(store: Store, model: str, dataset: str) -> str | None:
-    """Why a (model, dataset) pair cannot be scored yet, or None: an array its scores read (CLIP:
-    ``image_emb`` and ``text_emb``; others: ``logits``) exists but its writer has not finished it (an
-    extraction of the dataset is running, or was stopped). Missing arrays are not this function's
-    concern: reading one names it."""
-    names = ("image_emb", "text_emb") if model_kind(store, model) == "clip" else ("logits",)
+def unfinished_arrays(store: Store, model: str, dataset: str, names: Sequence[str] | None = None) -> str | None:
+    """Why a (model, dataset) pair cannot be scored yet, or None: an array its scores read (``names``;
+    by default, CLIP: ``image_emb`` and ``text_emb``; others: ``logits``) exists but its writer has not
+    finished it (an extraction of the dataset is running, or was stopped). Missing arrays are not this
+    function's concern: reading one names it."""
+    if names is None:
+        names = ("image_emb", "text_emb") if model_kind(store, model) == "clip" else ("logits",)
     for name in names:
         for info in store.list_arrays(dataset, model, name):
             if info.status != "complete":
@@ -104,14 +105,19 @@ def unfinished_arrays(store: Store, model: str, dataset: str) -> str | None:
 
 
 def skips_unfinished(
-    store: Store, model: str, dataset: str, named: bool, skipped: dict[str, str] | None = None
+    store: Store,
+    model: str,
+    dataset: str,
+    named: bool,
+    skipped: dict[str, str] | None = None,
+    names: Sequence[str] | None = None,
 ) -> bool:
     """True when a pair a glob matched (``named``: both model and dataset were named exactly) has an
-    unfinished array (`unfinished_arrays`): it is left out, with the reason put in ``skipped`` under
-    the model. A pair named exactly is kept, so that reading it fails with the cause."""
+    unfinished array (`unfinished_arrays`, among ``names``): it is left out, with the reason put in
+    ``skipped`` under the model. A pair named exactly is kept, so that reading it fails with the cause."""
     if named:
         return False
-    reason = unfinished_arrays(store, model, dataset)
+    reason = unfinished_arrays(store, model, dataset, names)
     if reason is not None and skipped is not None:
         note_skipped(skipped, model, reason)
     return reason is not None

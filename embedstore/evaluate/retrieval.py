@@ -41,9 +41,9 @@ from embedstore.analysis.retrieval import (
 from embedstore.errors import AnalysisError
 from embedstore.evaluate.common import (
     named_explicitly,
-    note_skipped,
     resolve_datasets,
     resolve_models,
+    skips_unfinished,
     stores_results_together,
 )
 from embedstore.evaluate.indexes import CAPTION_ARRAY, IMAGE_ARRAY, Gallery, IndexRequest, read_gallery
@@ -134,7 +134,9 @@ def _pairs(
             with_captions = {a.model for a in store.list_arrays(dataset=dataset, name=CAPTION_ARRAY)}
             for model in model_ids:
                 named = named_explicitly(model, models) and named_explicitly(dataset, datasets)
-                if model in with_captions and not _unfinished_gallery(store, model, dataset, named, skipped):
+                if model in with_captions and not skips_unfinished(
+                    store, model, dataset, named, skipped, names=(IMAGE_ARRAY, CAPTION_ARRAY)
+                ):
                     pairs.append((model, dataset))
                 elif named_explicitly(model, models) and named_explicitly(dataset, datasets):
                     raise AnalysisError(
@@ -147,18 +149,6 @@ def _pairs(
             f"{', '.join(datasets)}"
         )
     return pairs
-
-
-def _unfinished_gallery(store: Store, model: str, dataset: str, named: bool, skipped: dict[str, str]) -> bool:
-    """Whether a pair a glob matched has an ``image_emb`` or ``caption_emb`` whose extraction has not
-    finished (left out and noted in ``skipped``; a pair named exactly is kept, so that reading it says so)."""
-    arrays = [*store.list_arrays(dataset, model, IMAGE_ARRAY), *store.list_arrays(dataset, model, CAPTION_ARRAY)]
-    unfinished = [info.name for info in arrays if info.status != "complete"]
-    if named or not unfinished:
-        return False
-    note_skipped(skipped, model, f"its {' and '.join(unfinished)} on {dataset} is not finished: its extraction is "
-                                 "running or was stopped")  # fmt: skip
-    return True
 
 
 def _evaluate(store: Store, model: str, dataset: str, ks: tuple[int, ...], index: IndexRequest | None) -> RetrievalRow:
