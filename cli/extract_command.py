@@ -83,7 +83,7 @@ def extract_command(store_path: str, plan_file: str | None, models: tuple[str, .
                     [[a.dataset, a.model, a.name, f"{a.rows_written}/{a.rows_total}", a.status] for a in report.arrays])  # fmt: skip
     click.echo(
         f"{report.images} images{f' over {report.world} ranks' if report.world > 1 else ''} in {report.seconds:.1f} s ({report.images_per_s:.0f} img/s end to end) on "
-        f"{report.device} ({report.precision}, {report.decode} decode); bad samples: "
+        f"{report.device} ({report.precision}, {report.decode} decode, {report.workers} workers); bad samples: "
         + (", ".join(f"{k} {v}" for k, v in report.bad_samples.items()) or "none")
     )
     for model, per_s in report.model_images_per_s.items():

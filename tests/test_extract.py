@@ -370,3 +370,15 @@ def test_caption_dataset_writes_caption_embeddings(store):
     captions = store.caption_table("caps")
     emb = store.read_array("caps", "openclip:embedstore-tiny@random:0", "caption_emb")
     assert emb.shape == (len(captions["text"]), 32) and len(captions["text"]) > 12
+
+
+def test_the_extract_command_ends_with_one_line_on_the_run(tmp_path):
+    from click.testing import CliRunner
+
+    from embedstore_cli.main import cli
+
+    args = ["extract", "--store", str(tmp_path / "s"), "--model", CLIP, "--dataset", "d=synthetic:shapes?n=8&size=32",
+            "--workers", "0", "--device", "cpu", "--batch-size", "4", "--chunk-rows", "8", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "8 images in " in result.output and "on cpu (fp32, cpu decode, 0 workers); bad samples: none" in result.output

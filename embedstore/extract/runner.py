@@ -75,6 +75,7 @@ class ExtractionReport:
     device: str = "cpu"
     precision: str = "fp32"
     decode: str = "cpu"
+    workers: int = 0
     rank: int = 0
     world: int = 1
 
@@ -270,7 +271,8 @@ def run_extraction(store: Store, plan: Plan, *, log: Log = print, progress: bool
     settings = plan.settings
     ranks = ranks_from_env(use_cuda=settings.device != "cpu" and torch.cuda.is_available())
     runtime = resolve_runtime(plan, ranks, log if ranks.is_main else (lambda _msg: None))
-    report = ExtractionReport(device=str(runtime.device), precision=runtime.precision, decode=runtime.decode)
+    report = ExtractionReport(device=str(runtime.device), precision=runtime.precision, decode=runtime.decode,
+                              workers=runtime.workers)  # fmt: skip
     started = time.perf_counter()
 
     with _dataset_locks(store, plan, ranks):
