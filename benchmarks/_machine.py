@@ -56,8 +56,15 @@ def machine_info() -> dict:
 
 
 def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+    """The checkout's commit, with ``+modified`` when tracked files differ from it (a run of uncommitted
+    code, or a copy of the tree whose ``.git`` is older than its files, as on a lent GPU machine)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
                               cwd=os.path.dirname(__file__)).stdout.strip()  # fmt: skip
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return None
