@@ -53,6 +53,7 @@ from extract import (  # noqa: E402
     RESULTS,
     VIT_B_32,
     _gpu_slug,
+    _sync,
     attempt,
     end_to_end,
     subset_folder,
@@ -122,11 +123,6 @@ def pil_decode_ms(files: list[bytes]) -> float:
         return round(1e3 * (time.perf_counter() - start) / len(files), 3)
     finally:
         torch.set_num_threads(threads)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
