@@ -149,8 +149,9 @@ def rm_command(
 
     model = stored_model_id(model) if model is not None else None
     infos = store.list_arrays(dataset, model, name)
-    if not infos and with_results and dataset and model and name is None and store.count_results([(model, dataset)]):
-        n = store.count_results([(model, dataset)])  # the pair's arrays are gone already: its results can still go
+    pair_only = not infos and with_results and dataset and model and name is None
+    n = store.count_results([(model, dataset)]) if pair_only else 0  # arrays gone already: results can still go
+    if n:
         if not yes:
             click.confirm(f"no array of {model} on {dataset} is left; delete its {n} result row(s)?", abort=True)
         click.echo(f"deleted {remove_pair_results(store, dataset, model)} result row(s) of {model} on {dataset}")
