@@ -138,7 +138,7 @@ def _pairs(
                     store, model, dataset, named, skipped, names=(IMAGE_ARRAY, CAPTION_ARRAY)
                 ):
                     pairs.append((model, dataset))
-                elif named_explicitly(model, models) and named_explicitly(dataset, datasets):
+                elif named:
                     raise AnalysisError(
                         f"model {model} has no {CAPTION_ARRAY} on dataset {dataset}: retrieval needs a CLIP model "
                         f"extracted on it"
